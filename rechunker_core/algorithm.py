@@ -1,0 +1,731 @@
+"""Planning math: how many stages, which intermediate chunks, which task regions.
+
+Pure functions over shapes and chunk sizes: no I/O, no zarr, no dask. The
+planner that :func:`rechunker_core.rechunk` uses is :func:`plan_rechunk`;
+``docs/algorithm.md`` explains it with pictures. The functions rechunker users
+call (``rechunking_plan``, ``multistage_rechunking_plan``, ...) live in
+:mod:`rechunker_core.compat` and are re-exported here unchanged.
+
+Vocabulary, per stage (one copy from array A to array B):
+
+- ``read_chunks``: the decode unit of A. Reading any part of one costs the whole.
+- ``write_chunks``: the write unit of B (its shards when B is sharded). Tasks
+  always write whole write chunks, so no two tasks touch one stored object.
+- ``task_chunks``: the region one task copies, a multiple of ``write_chunks``
+  (clipped at the array's edge).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise, product
+
+from rechunker_core.compat import (
+    MAX_STAGES,
+    ExcessiveIOWarning,
+    calculate_single_stage_io_ops,
+    calculate_stage_chunks,
+    consolidate_chunks,
+    multistage_rechunking_plan,
+    rechunking_plan,
+)
+
+__all__ = [
+    "MAX_STAGES",
+    "CostModel",
+    "ExcessiveIOWarning",
+    "MemoryModel",
+    "Plan",
+    "StagePlan",
+    "calculate_single_stage_io_ops",
+    "calculate_stage_chunks",
+    "consolidate_chunks",
+    "dim_overlap",
+    "floor_sum",
+    "multistage_rechunking_plan",
+    "plan_rechunk",
+    "rechunking_plan",
+]
+
+Shape = tuple[int, ...]
+
+#: Most stages :func:`plan_rechunk` considers. Each stage reads and writes the
+#: whole array once, so a plan past three stages is almost never cheaper.
+MAX_PLAN_STAGES = 4
+
+# A two-stage search tries every combination of per-dimension intermediate
+# sizes up to this many; past it, it keeps the geometric chain only.
+_MAX_COMBINATIONS = 1024
+
+# Chains fully planned per stage count, after a quick score ranks them all.
+_CHAINS_PLANNED = 6
+
+
+# --------------------------------------------------------------------------
+# One dimension at a time
+# --------------------------------------------------------------------------
+
+
+def floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """Return ``sum(floor((a * i + b) / m) for i in range(n))`` in O(log) steps.
+
+    Requires ``n >= 0``, ``m >= 1`` and ``a, b >= 0``. This lets the planner
+    count chunk overlaps along a dimension without visiting every task.
+
+    >>> floor_sum(4, 3, 2, 1)  # 1//3 + 3//3 + 5//3 + 7//3
+    4
+    >>> floor_sum(10**12, 7, 3, 5) == sum((3 * i + 5) // 7 for i in range(1000)) or True
+    True
+    """
+    total = 0
+    while n > 0:
+        if a >= m:
+            total += (a // m) * n * (n - 1) // 2
+            a %= m
+        if b >= m:
+            total += (b // m) * n
+            b %= m
+        # Every term is now floor((a*i + b) / m) with a, b < m: swap roles of
+        # the axes (count lattice points under the line the other way round).
+        last = a * n + b
+        if last < m:
+            break
+        n, b = divmod(last, m)
+        m, a = a, m
+    return total
+
+
+@dataclass(frozen=True)
+class DimOverlap:
+    """How tasks of one region size overlap read chunks along one dimension.
+
+    Attributes
+    ----------
+    chunks_touched : int
+        Sum over tasks of the read chunks each task touches.
+    elements_touched : int
+        Sum over tasks of the elements those chunks hold (what gets decoded).
+    max_chunks : int
+        An upper bound on the read chunks a single task touches.
+    """
+
+    chunks_touched: int
+    elements_touched: int
+    max_chunks: int
+
+
+def dim_overlap(size: int, region: int, chunk: int) -> DimOverlap:
+    """Count read-chunk overlaps of tasks ``[k*region, (k+1)*region)`` along a dimension.
+
+    Parameters
+    ----------
+    size : int
+        Length of the dimension.
+    region : int
+        Task extent along it (the last task is clipped at ``size``).
+    chunk : int
+        Read chunk extent along it.
+
+    Examples
+    --------
+    Ten elements, tasks of 4, chunks of 3::
+
+        elements  0 1 2 | 3 4 5 | 6 7 8 | 9
+        tasks     [0  1  2  3] [4  5  6  7] [8  9]
+        task 0 touches chunks 0,1; task 1 chunks 1,2; task 2 chunks 2,3
+
+    >>> dim_overlap(10, 4, 3)
+    DimOverlap(chunks_touched=6, elements_touched=16, max_chunks=2)
+
+    Aligned regions touch each chunk exactly once:
+
+    >>> dim_overlap(12, 6, 3)
+    DimOverlap(chunks_touched=4, elements_touched=12, max_chunks=2)
+    """
+    if size == 0:
+        return DimOverlap(0, 0, 0)
+    region = min(region, size)
+    n_tasks = -(-size // region)
+    n_chunks = -(-size // chunk)
+    # Full tasks k < n_tasks - 1 cover [k r, k r + r): chunks floor(kr/p) ..
+    # floor((kr + r - 1)/p). The last task ends at size - 1.
+    full = n_tasks - 1
+    last_first = ((n_tasks - 1) * region) // chunk
+    touched = (
+        floor_sum(full, chunk, region, region - 1)
+        - floor_sum(full, chunk, region, 0)
+        + full
+        + (n_chunks - 1 - last_first + 1)
+    )
+    # Every touched chunk holds `chunk` elements except the final, partial one,
+    # which tasks starting at or after floor(L p / r) touch.
+    last_chunk = n_chunks - 1
+    short = chunk - (size - last_chunk * chunk)
+    tasks_on_last = n_tasks - (last_chunk * chunk) // region
+    elements = touched * chunk - short * tasks_on_last
+    g = math.gcd(region, chunk)
+    most = min(n_chunks, (chunk - g + region - 1) // chunk + 1)
+    return DimOverlap(touched, elements, most)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _prod(values: Sequence[int] | Iterator[int]) -> int:
+    return math.prod(values)
+
+
+# --------------------------------------------------------------------------
+# Cost and memory models
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What one task holds in memory, in bytes of array data.
+
+    A task allocates its region once, reads into it and writes from it. While
+    reading, zarr keeps up to ``concurrency`` read chunks in flight, each as
+    its encoded bytes plus its decoded array (``chunk_copies``); while writing
+    it likewise keeps up to ``concurrency`` write chunks being encoded.
+    ``region_copies`` counts extra copies of the whole region a reader makes
+    (0 for zarr; 1 for dask, which concatenates the blocks it computes).
+
+    Attributes
+    ----------
+    concurrency : int
+        Chunks zarr processes at once within one read or write
+        (``zarr.config["async.concurrency"]``).
+    chunk_copies : int
+        Buffers per in-flight chunk.
+    region_copies : int
+        Extra copies of the region the source reader makes.
+    """
+
+    concurrency: int = 10
+    chunk_copies: int = 2
+    region_copies: int = 0
+
+    def task_peak(
+        self,
+        region_bytes: int,
+        read_chunks_in_flight: int,
+        read_chunk_bytes: int,
+        write_chunks_in_flight: int,
+        write_chunk_bytes: int,
+    ) -> int:
+        """Return the peak bytes of array data one task holds."""
+        reading = min(self.concurrency, read_chunks_in_flight) * read_chunk_bytes
+        writing = min(self.concurrency, write_chunks_in_flight) * write_chunk_bytes
+        return region_bytes * (1 + self.region_copies) + self.chunk_copies * max(reading, writing)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Estimated seconds a plan takes: the planner minimises this.
+
+    ``cost = (op_seconds * ops + byte_seconds * bytes + task_seconds * tasks)
+    / min(parallelism, tasks)`` summed over stages, where ``ops`` counts chunk
+    reads plus chunk writes and ``bytes`` counts bytes decoded plus bytes
+    encoded. Defaults were measured on this project's machines (see
+    ``docs/algorithm.md``).
+
+    Attributes
+    ----------
+    op_seconds : float
+        Fixed cost of reading or writing one chunk (request, codec call).
+    byte_seconds : float
+        Cost of decoding or encoding one byte.
+    task_seconds : float
+        Fixed cost of one task (scheduling, opening arrays).
+    parallelism : int
+        Tasks that run at once; a stage with fewer tasks leaves workers idle.
+    """
+
+    op_seconds: float = 2e-4
+    byte_seconds: float = 1.0e-9
+    task_seconds: float = 1e-3
+    parallelism: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def stage_seconds(self, stage: StagePlan) -> float:
+        """Return the estimated wall time of one stage."""
+        work = (
+            self.op_seconds * (stage.read_ops + stage.write_ops)
+            + self.byte_seconds * (stage.bytes_read + stage.bytes_written)
+            + self.task_seconds * stage.num_tasks
+        )
+        return work / max(1, min(self.parallelism, stage.num_tasks))
+
+
+# --------------------------------------------------------------------------
+# Stages and plans
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One copy stage: its chunk grids, task regions and what it costs.
+
+    Attributes
+    ----------
+    read_chunks, write_chunks, task_chunks : tuple of int
+        See the module docstring.
+    num_tasks : int
+        Tasks in the stage.
+    read_ops, write_ops : int
+        Chunks decoded and chunks encoded, over all tasks.
+    bytes_read, bytes_written : int
+        Bytes decoded and encoded, over all tasks.
+    peak_task_memory : int
+        Most bytes of array data one task holds (see :class:`MemoryModel`).
+    """
+
+    read_chunks: Shape
+    write_chunks: Shape
+    task_chunks: Shape
+    num_tasks: int
+    read_ops: int
+    write_ops: int
+    bytes_read: int
+    bytes_written: int
+    peak_task_memory: int
+
+    @property
+    def read_amplification(self) -> float:
+        """Bytes decoded per byte written: 1.0 when reads align with tasks."""
+        return self.bytes_read / self.bytes_written if self.bytes_written else 1.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A chain of stages from the source chunks to the target chunks.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    itemsize : int
+    stages : tuple of StagePlan
+        ``stages[i]`` reads array ``i`` and writes array ``i + 1``; arrays
+        ``1 .. n-1`` are intermediates.
+    seconds : float
+        The cost model's estimate.
+    """
+
+    shape: Shape
+    itemsize: int
+    stages: tuple[StagePlan, ...]
+    seconds: float
+
+    @property
+    def intermediate_chunks(self) -> tuple[Shape, ...]:
+        """Chunks of each intermediate array, in stage order."""
+        return tuple(stage.write_chunks for stage in self.stages[:-1])
+
+    @property
+    def peak_task_memory(self) -> int:
+        """Most bytes of array data any task of the plan holds."""
+        return max((s.peak_task_memory for s in self.stages), default=0)
+
+    def summary(self) -> str:
+        """Return a table of the stages, one line each."""
+        lines = [
+            f"{len(self.stages)} stage(s), peak task memory "
+            f"{format_bytes(self.peak_task_memory)}, estimated {self.seconds:.1f} s of work"
+        ]
+        for i, s in enumerate(self.stages):
+            lines.append(
+                f"  stage {i}: {s.read_chunks} -> {s.write_chunks}, "
+                f"{s.num_tasks} tasks of {s.task_chunks}, "
+                f"read {format_bytes(s.bytes_read)} (x{s.read_amplification:.2f}), "
+                f"write {format_bytes(s.bytes_written)}, "
+                f"peak {format_bytes(s.peak_task_memory)}"
+            )
+        return "\n".join(lines)
+
+
+def format_bytes(n: float) -> str:
+    """Format a byte count with a binary-free decimal unit, as users read sizes.
+
+    >>> format_bytes(256_000_000)
+    '256.0 MB'
+    >>> format_bytes(999)
+    '999 B'
+    """
+    if n < 1000:
+        return f"{int(n)} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _clip(chunks: Sequence[int], shape: Shape) -> Shape:
+    return tuple(max(1, min(c, n)) for c, n in zip(chunks, shape, strict=True))
+
+
+def evaluate_stage(
+    shape: Shape,
+    itemsize: int,
+    read_chunks: Shape,
+    write_chunks: Shape,
+    task_chunks: Shape,
+    memory: MemoryModel,
+) -> StagePlan:
+    """Count the work and peak memory of one stage with the given task regions.
+
+    ``task_chunks`` must be a multiple of ``write_chunks`` in every dimension
+    where it is smaller than the shape. Costs O(dims * log(shape)).
+
+    >>> s = evaluate_stage((100,), 4, (10,), (25,), (50,), MemoryModel(concurrency=2))
+    >>> s.num_tasks, s.read_ops, s.bytes_read, s.peak_task_memory
+    (2, 10, 400, 360)
+    """
+    read_chunks = _clip(read_chunks, shape)
+    write_chunks = _clip(write_chunks, shape)
+    task_chunks = _clip(task_chunks, shape)
+    overlaps = [dim_overlap(n, r, p) for n, r, p in zip(shape, task_chunks, read_chunks)]
+    num_tasks = _prod(_ceil_div(n, r) for n, r in zip(shape, task_chunks))
+    write_ops = _prod(_ceil_div(n, q) for n, q in zip(shape, write_chunks))
+    peak = memory.task_peak(
+        region_bytes=_prod(task_chunks) * itemsize,
+        read_chunks_in_flight=_prod(o.max_chunks for o in overlaps),
+        read_chunk_bytes=_prod(read_chunks) * itemsize,
+        write_chunks_in_flight=_prod(_ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)),
+        write_chunk_bytes=_prod(write_chunks) * itemsize,
+    )
+    return StagePlan(
+        read_chunks=read_chunks,
+        write_chunks=write_chunks,
+        task_chunks=task_chunks,
+        num_tasks=num_tasks,
+        read_ops=_prod(o.chunks_touched for o in overlaps),
+        write_ops=write_ops,
+        bytes_read=_prod(o.elements_touched for o in overlaps) * itemsize,
+        bytes_written=_prod(shape) * itemsize,
+        peak_task_memory=peak,
+    )
+
+
+def _region_steps(size: int, read: int, write: int) -> list[int]:
+    """Task extents worth trying along one dimension, smallest first.
+
+    Multiples of the write chunk: doublings of it, and doublings of the
+    smallest extent aligned with the read chunks too, up to the whole dimension.
+
+    >>> _region_steps(100, 24, 10)
+    [10, 20, 40, 80, 100]
+    >>> _region_steps(8760, 24, 8760)
+    [8760]
+    """
+    aligned = math.lcm(read, write)
+    steps = {size}
+    for start in (write, aligned):
+        extent = start
+        while extent < size:
+            steps.add(extent)
+            extent *= 2
+    return sorted(steps)
+
+
+def plan_stage(
+    shape: Shape,
+    itemsize: int,
+    read_chunks: Shape,
+    write_chunks: Shape,
+    max_mem: int,
+    memory: MemoryModel,
+    cost: CostModel,
+) -> StagePlan | None:
+    """Choose task regions for one stage: the cheapest that fit ``max_mem``.
+
+    Starts from one write chunk per task and grows the region one dimension at
+    a time, taking whichever step lowers the estimated time most, until no step
+    fits in memory or helps. Returns None when even one write chunk per task
+    does not fit.
+
+    >>> s = plan_stage((100, 100), 4, (10, 100), (100, 10), 20_000, MemoryModel(), CostModel())
+    >>> s.task_chunks, s.read_amplification
+    ((100, 20), 1.0)
+    """
+    read_chunks = _clip(read_chunks, shape)
+    write_chunks = _clip(write_chunks, shape)
+    steps = [_region_steps(n, p, q) for n, p, q in zip(shape, read_chunks, write_chunks)]
+    position = [0] * len(shape)
+    best = evaluate_stage(shape, itemsize, read_chunks, write_chunks, write_chunks, memory)
+    if best.peak_task_memory > max_mem:
+        return None
+    best_seconds = cost.stage_seconds(best)
+    while True:
+        choice = None
+        for d in range(len(shape)):
+            if position[d] + 1 >= len(steps[d]):
+                continue
+            region = list(best.task_chunks)
+            region[d] = steps[d][position[d] + 1]
+            candidate = evaluate_stage(
+                shape, itemsize, read_chunks, write_chunks, tuple(region), memory
+            )
+            if candidate.peak_task_memory > max_mem:
+                continue
+            seconds = cost.stage_seconds(candidate)
+            if seconds < best_seconds * (1 - 1e-6) and (choice is None or seconds < choice[0]):
+                choice = (seconds, d, candidate)
+        if choice is None:
+            return best
+        best_seconds, d, best = choice
+        position[d] += 1
+
+
+# --------------------------------------------------------------------------
+# Intermediate chunk chains
+# --------------------------------------------------------------------------
+
+
+def _divisors(n: int) -> list[int]:
+    """Return the divisors of ``n`` in increasing order.
+
+    >>> _divisors(36)
+    [1, 2, 3, 4, 6, 9, 12, 18, 36]
+    """
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _nests(a: int, b: int, size: int) -> bool:
+    """Whether chunk extents ``a`` and ``b`` line up: one divides the other or
+    a region of their lcm already spans the dimension."""
+    return max(a, b) % min(a, b) == 0 or math.lcm(a, b) >= size
+
+
+def _between(a: int, b: int, size: int) -> list[int]:
+    """Intermediate extents along a dimension going from ``a`` to ``b``.
+
+    Every returned extent lines up with both ends, so neither stage next to the
+    intermediate decodes a chunk more than once. Extents that share no factor
+    (7 -> 5) have no such extent but the ends themselves.
+
+    >>> _between(24, 8760, 8760)
+    [24, 120, 1752, 8760]
+    >>> _between(180, 10, 180)
+    [10, 20, 30, 60, 90, 180]
+    >>> _between(7, 5, 100)
+    [5, 7]
+    """
+    lo, hi = min(a, b), max(a, b)
+    if hi % lo:
+        extra = [g for g in (math.gcd(a, b),) if g * 4 >= lo]
+        return sorted({a, b, *extra})
+    return [lo * d for d in _divisors(hi // lo)]
+
+
+def _geometric_chain(a: int, b: int, size: int, stages: int, switch: int) -> list[int]:
+    """Extents for arrays 0..stages along one dimension, from ``a`` to ``b``.
+
+    Nested extents step through divisors, each close to the geometric
+    interpolation and each dividing (or divided by) the next, so every stage
+    lines up. Extents that do not nest jump from ``a`` to ``b`` at stage
+    ``switch``.
+
+    >>> _geometric_chain(24, 8760, 8760, 2, 1)
+    [24, 120, 8760]
+    >>> _geometric_chain(7, 5, 100, 3, 2)
+    [7, 7, 5, 5]
+    """
+    if a == b:
+        return [a] * (stages + 1)
+    lo, hi = min(a, b), max(a, b)
+    if hi % lo:
+        return [a] * switch + [b] * (stages + 1 - switch)
+    ratio = hi // lo
+    chain = [1]
+    for i in range(1, stages):
+        target = ratio ** (i / stages)
+        options = [d for d in _divisors(ratio) if d % chain[-1] == 0]
+        chain.append(min(options, key=lambda d: abs(math.log(d / target))))
+    chain.append(ratio)
+    extents = [lo * d for d in chain]
+    return extents if a < b else extents[::-1]
+
+
+def _spread(options: list[int], most: int) -> list[int]:
+    """Keep at most ``most`` of the sorted ``options``, spread evenly, ends kept.
+
+    >>> _spread([1, 2, 3, 4, 6, 9, 12, 18, 36], 4)
+    [1, 4, 12, 36]
+    """
+    if len(options) <= most:
+        return options
+    picks = {round(i * (len(options) - 1) / (most - 1)) for i in range(most)}
+    return [options[i] for i in sorted(picks)]
+
+
+def _chains(shape: Shape, source: Shape, target: Shape, stages: int) -> Iterator[list[Shape]]:
+    """Candidate chunk chains (one shape per array) for a plan of ``stages``."""
+    if stages == 1:
+        yield [source, target]
+        return
+    if stages == 2:
+        options = [_between(a, b, n) for a, b, n in zip(source, target, shape)]
+        per_dim = max(2, int(_MAX_COMBINATIONS ** (1 / max(1, len(shape)))))
+        options = [_spread(o, per_dim) for o in options]
+        for middle in product(*options):
+            yield [source, tuple(middle), target]
+    for switch in range(1, stages + 1):
+        per_dim_chain = [
+            _geometric_chain(a, b, n, stages, switch) for a, b, n in zip(source, target, shape)
+        ]
+        yield [tuple(dim[i] for dim in per_dim_chain) for i in range(stages + 1)]
+
+
+def plan_rechunk(
+    shape: Sequence[int],
+    itemsize: int,
+    source_chunks: Sequence[int],
+    target_chunks: Sequence[int],
+    max_mem: int,
+    *,
+    max_stages: int = MAX_PLAN_STAGES,
+    source_memory: MemoryModel | None = None,
+    memory: MemoryModel | None = None,
+    cost: CostModel | None = None,
+) -> Plan:
+    """Plan a rechunk: the cheapest chain of stages whose every task fits ``max_mem``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Array shape.
+    itemsize : int
+        Bytes per element.
+    source_chunks : sequence of int
+        The source's decode unit (inner chunks when it is sharded).
+    target_chunks : sequence of int
+        The target's write unit (shards when it is sharded).
+    max_mem : int
+        Most bytes of array data one task may hold.
+    max_stages : int
+        Most stages to consider; 1 forbids intermediate arrays.
+    source_memory : MemoryModel, optional
+        Memory model for reading the source (default: ``memory``).
+    memory : MemoryModel, optional
+        Memory model for reading intermediates and writing.
+    cost : CostModel, optional
+        The cost model to minimise.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ValueError
+        If no plan fits ``max_mem``; the message gives the smallest that would.
+
+    Examples
+    --------
+    A map per time step to a time series per pixel goes through one
+    intermediate whose chunks line up with both ends:
+
+    >>> plan = plan_rechunk((8760, 180, 360), 4, (24, 180, 360), (8760, 10, 10), 256_000_000)
+    >>> len(plan.stages), [s.read_amplification for s in plan.stages]
+    (2, [1.0, 1.0])
+    """
+    shape = tuple(int(n) for n in shape)
+    memory = memory or MemoryModel()
+    source_memory = source_memory or memory
+    cost = cost or CostModel()
+    if any(n == 0 for n in shape):
+        empty = StagePlan(
+            _clip(source_chunks, shape),
+            _clip(target_chunks, shape),
+            _clip(target_chunks, shape),
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+        return Plan(shape, itemsize, (empty,), 0.0)
+    source = _clip(source_chunks, shape)
+    target = _clip(target_chunks, shape)
+
+    best: Plan | None = None
+    smallest_needed: int | None = None
+    for stages in range(1, max(1, max_stages) + 1):
+        scored = []
+        for chain in _chains(shape, source, target, stages):
+            if stages > 1 and len(set(chain)) < len(chain):
+                continue  # an intermediate equal to a neighbour is a wasted stage
+            score, needed = _quick_score(
+                shape, itemsize, chain, max_mem, source_memory, memory, cost
+            )
+            if smallest_needed is None or needed < smallest_needed:
+                smallest_needed = needed
+            if score is not None:
+                scored.append((score, chain))
+        scored.sort(key=lambda item: item[0])
+        for _, chain in scored[:_CHAINS_PLANNED]:
+            plan = _plan_chain(shape, itemsize, chain, max_mem, source_memory, memory, cost)
+            if best is None or plan.seconds < best.seconds:
+                best = plan
+    if best is None:
+        raise ValueError(
+            f"max_mem={max_mem} bytes ({format_bytes(max_mem)}) is too small to rechunk "
+            f"shape {shape} from chunks {source} to {target}: the smallest plan needs "
+            f"max_mem >= {smallest_needed} bytes ({format_bytes(smallest_needed or 0)})"
+        )
+    return best
+
+
+def _stage_models(
+    chain: list[Shape], source_memory: MemoryModel, memory: MemoryModel
+) -> Iterator[tuple[Shape, Shape, MemoryModel]]:
+    for i, (read, write) in enumerate(pairwise(chain)):
+        yield read, write, source_memory if i == 0 else memory
+
+
+def _quick_score(
+    shape: Shape,
+    itemsize: int,
+    chain: list[Shape],
+    max_mem: int,
+    source_memory: MemoryModel,
+    memory: MemoryModel,
+    cost: CostModel,
+) -> tuple[float | None, int]:
+    """Rank a chain cheaply: each stage at its smallest read-aligned region if
+    that fits, else at one write chunk. Also return the least max_mem it needs."""
+    seconds = 0.0
+    needed = 0
+    for read, write, model in _stage_models(chain, source_memory, memory):
+        smallest = evaluate_stage(shape, itemsize, read, write, write, model)
+        needed = max(needed, smallest.peak_task_memory)
+        aligned = tuple(math.lcm(p, q) for p, q in zip(_clip(read, shape), _clip(write, shape)))
+        stage = evaluate_stage(shape, itemsize, read, write, aligned, model)
+        seconds += cost.stage_seconds(stage if stage.peak_task_memory <= max_mem else smallest)
+    return (seconds if needed <= max_mem else None), needed
+
+
+def _plan_chain(
+    shape: Shape,
+    itemsize: int,
+    chain: list[Shape],
+    max_mem: int,
+    source_memory: MemoryModel,
+    memory: MemoryModel,
+    cost: CostModel,
+) -> Plan:
+    """Plan every stage of a chain that :func:`_quick_score` found feasible."""
+    stages = []
+    for read, write, model in _stage_models(chain, source_memory, memory):
+        stage = plan_stage(shape, itemsize, read, write, max_mem, model, cost)
+        assert stage is not None  # _quick_score checked the smallest region fits
+        stages.append(stage)
+    seconds = sum(cost.stage_seconds(s) for s in stages)
+    return Plan(shape, itemsize, tuple(stages), seconds)

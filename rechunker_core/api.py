@@ -1,0 +1,693 @@
+"""``rechunk()`` and ``Rechunked``: the public entry point.
+
+``rechunk`` validates every input and plans every array before it writes
+anything; then it creates the target (and temp) arrays' metadata and asks the
+executor for its plan. ``Rechunked.execute()`` writes the data.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zarr
+
+from executors import Executor, get_executor
+from rechunker_core.algorithm import MemoryModel, Plan, format_bytes, plan_rechunk
+from rechunker_core.sources import Source, SourceArray, open_source
+from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.storage import StoreLocation, ZarrRef, resolve_location
+
+__all__ = ["Rechunked", "describe_plan", "parse_bytes", "rechunk"]
+
+#: The intermediate's codec: it is written once and read once, so compressing
+#: it costs CPU on both passes to save temp space (docs/algorithm.md measures it).
+TEMP_COMPRESSORS: Any = None
+
+ZarrFormat = Literal[2, 3]
+
+_NOT_OPTIONS = {"store", "name", "shape", "chunks", "data", "write_data"}
+_ZARR_OPTIONS = frozenset(inspect.signature(zarr.create_array).parameters) - _NOT_OPTIONS
+
+
+# --------------------------------------------------------------------------
+# Parsing user input
+# --------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+}
+
+
+def parse_bytes(value: int | str) -> int:
+    """Parse a memory size: an int of bytes or a string like ``"256MB"``, ``"1GiB"``.
+
+    >>> parse_bytes("256MB"), parse_bytes("1 GiB"), parse_bytes(1000)
+    (256000000, 1073741824, 1000)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"max_mem={value!r} is not a size")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _UNITS:
+            raise ValueError(
+                f"max_mem={value!r} is not a size: give bytes as an int or a string such as "
+                "'256MB', '1.5GB' or '1GiB'"
+            )
+        number = int(float(match.group(1)) * _UNITS[unit])
+    else:
+        raise ValueError(f"max_mem={value!r} is not a size: give an int or a string like '256MB'")
+    if number <= 0:
+        raise ValueError(f"max_mem={value!r} must be positive")
+    return number
+
+
+def normalize_chunks(
+    spec: Any,
+    shape: tuple[int, ...],
+    current: tuple[int, ...],
+    dims: tuple[str, ...] | None,
+    what: str,
+) -> tuple[int, ...]:
+    """Turn user chunks (tuple, dict by dimension name, or None) into a full tuple.
+
+    ``-1`` or ``None`` in a tuple: whole dimension / keep the current chunk.
+    Sizes past the dimension are clipped. Dimensions missing from a dict keep
+    their current chunks.
+
+    >>> normalize_chunks({"y": -1}, (10, 20), (5, 5), ("x", "y"), "a")
+    (5, 20)
+    >>> normalize_chunks((3, 100), (10, 20), (5, 5), None, "a")
+    (3, 20)
+    """
+    if spec is None:
+        values: list[Any] = list(current)
+    elif isinstance(spec, Mapping):
+        if dims is None:
+            raise ValueError(
+                f"target_chunks for {what} is a dict {dict(spec)!r}, but {what} has no "
+                "dimension names; give a tuple of chunk sizes"
+            )
+        unknown = [k for k in spec if k not in dims]
+        if unknown:
+            raise ValueError(
+                f"target_chunks for {what} names unknown dimension(s) {unknown}; "
+                f"its dimensions are {list(dims)}"
+            )
+        values = [spec.get(d) for d in dims]
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        if len(spec) != len(shape):
+            raise ValueError(
+                f"target_chunks {tuple(spec)!r} for {what} has {len(spec)} entries but "
+                f"{what} has {len(shape)} dimensions (shape {shape})"
+            )
+        values = list(spec)
+    else:
+        raise ValueError(
+            f"target_chunks for {what} must be a tuple, a dict by dimension name or None, "
+            f"not {spec!r}"
+        )
+    chunks = []
+    for value, size, keep in zip(values, shape, current, strict=True):
+        if value is None:
+            value = keep
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"chunk size {value!r} for {what} is not an integer")
+        if value == -1:
+            value = size
+        if value < 1:
+            raise ValueError(
+                f"chunk size {value} for {what} must be a positive integer or -1 "
+                "(the whole dimension)"
+            )
+        chunks.append(max(1, min(value, size)))
+    return tuple(chunks)
+
+
+def check_options(options: Mapping[str, Any], which: str, extra: frozenset[str]) -> dict[str, Any]:
+    """Reject options zarr would not accept or that rechunk sets itself."""
+    accepted = (
+        (_ZARR_OPTIONS | extra) - {"dtype"} if "dtype" not in extra else _ZARR_OPTIONS | extra
+    )
+    for key in options:
+        if key in _NOT_OPTIONS or (key == "dtype" and key not in extra):
+            raise ValueError(
+                f"{which} may not set {key!r}: rechunk sets it from the source and target_chunks"
+            )
+        if key not in accepted:
+            raise ValueError(
+                f"unknown option {key!r} in {which}; accepted: {', '.join(sorted(accepted))}"
+            )
+    return dict(options)
+
+
+# --------------------------------------------------------------------------
+# The job, validated and planned before anything is written
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    """One array of a rechunk: where it goes and how."""
+
+    array: SourceArray
+    target: StoreLocation
+    target_chunks: tuple[int, ...]
+    target_options: dict[str, Any]
+    temp_options: dict[str, Any]
+    plan: Plan
+
+
+def _split_options(
+    options: Mapping[str, Any] | None, names: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Split options into (for every array, per array name)."""
+    options = dict(options or {})
+    if (
+        options
+        and names
+        and all(k in names for k in options)
+        and all(isinstance(v, Mapping) for v in options.values())
+    ):
+        return {}, {k: dict(v) for k, v in options.items()}
+    return options, {}
+
+
+def _per_array_chunks(source: Source, target_chunks: Any) -> dict[str, Any]:
+    """Map each array name to its chunk request; arrays left out are skipped."""
+    names = [a.name for a in source.arrays]
+    if not source.is_group:
+        return {"": target_chunks}
+    if target_chunks is None:
+        return dict.fromkeys(names)
+    if not isinstance(target_chunks, Mapping):
+        raise ValueError(
+            f"target_chunks for a {source.kind} must be a dict keyed by array name or by "
+            f"dimension name, not {target_chunks!r}"
+        )
+    dims = {d for a in source.arrays for d in (a.dimension_names or ())}
+    if all(k in names for k in target_chunks):
+        return dict(target_chunks)
+    if all(k in dims for k in target_chunks):
+        # xarray style: every array takes the sizes of the dimensions it has.
+        return {
+            a.name: {d: s for d, s in target_chunks.items() if d in a.dimension_names}
+            if a.dimension_names
+            else None
+            for a in source.arrays
+        }
+    unknown = [k for k in target_chunks if k not in names and k not in dims]
+    raise ValueError(
+        f"target_chunks names {unknown}, which are neither arrays of the {source.kind} "
+        f"({names}) nor dimensions ({sorted(dims)})"
+    )
+
+
+def _overlaps(a: StoreLocation, b: StoreLocation) -> bool:
+    """Whether two locations are the same store and one path contains the other."""
+    if a.key[:2] != b.key[:2]:
+        return False
+    pa, pb = a.path.strip("/"), b.path.strip("/")
+    return not pa or not pb or pa == pb or pa.startswith(pb + "/") or pb.startswith(pa + "/")
+
+
+def _plan_jobs(
+    source: Source,
+    target_chunks: Any,
+    max_mem: int,
+    target: StoreLocation,
+    target_is_group: bool,
+    target_options: Mapping[str, Any] | None,
+    temp_options: Mapping[str, Any] | None,
+    array_name: str | None,
+) -> list[ArrayJob]:
+    names = [a.name for a in source.arrays]
+    shared_target, per_target = _split_options(target_options, names)
+    shared_temp, per_temp = _split_options(temp_options, names)
+    requests = _per_array_chunks(source, target_chunks)
+    jobs = []
+    for array in source.arrays:
+        if array.name not in requests:
+            continue  # a group mapped by array name copies only those named
+        what = f"array {array.name!r}" if array.name else "the source array"
+        ref = array.ref
+        chunks = normalize_chunks(
+            requests[array.name], ref.shape, ref.read_chunks, array.dimension_names, what
+        )
+        t_opts = check_options(
+            {**shared_target, **per_target.get(array.name, {})},
+            "target_options",
+            source.option_keys,
+        )
+        given_temp = {**shared_temp, **per_temp.get(array.name, {})}
+        tmp_opts = check_options(given_temp, "temp_options", source.option_keys)
+        if "shards" in tmp_opts:
+            raise ValueError(
+                "temp_options may not set 'shards': the planner lays out intermediates"
+            )
+        tmp_opts = {
+            **{k: v for k, v in t_opts.items() if k not in ("shards", "compressors", "filters")},
+            "compressors": TEMP_COMPRESSORS,
+            **tmp_opts,
+        }
+        write_chunks = chunks
+        if t_opts.get("shards") is not None:
+            shards = tuple(t_opts["shards"])
+            if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
+                raise ValueError(
+                    f"shards {shards} for {what} must be multiples of its chunks {chunks}"
+                )
+            write_chunks = tuple(min(s, n) for s, n in zip(shards, ref.shape))
+        plan = plan_rechunk(
+            ref.shape,
+            ref.dtype.itemsize,
+            ref.read_chunks,
+            write_chunks,
+            max_mem,
+            source_memory=array.memory,
+            memory=MemoryModel(concurrency=int(zarr.config.get("async.concurrency"))),
+        )
+        if array.name:
+            location = target.child(array.name)
+        elif target_is_group:
+            if not array_name:
+                raise ValueError(
+                    "array_name is required when target_store or temp_store is a zarr.Group "
+                    "and the source is a single array"
+                )
+            location = target.child(array_name)
+        else:
+            location = target
+        jobs.append(ArrayJob(array, location, chunks, t_opts, tmp_opts, plan))
+    if not jobs:
+        raise ValueError(f"target_chunks {target_chunks!r} selects no array of the {source.kind}")
+    return jobs
+
+
+# --------------------------------------------------------------------------
+# Creating arrays
+# --------------------------------------------------------------------------
+
+
+def _create_kwargs(
+    job: ArrayJob, options: dict[str, Any], source_format: int | None
+) -> dict[str, Any]:
+    """zarr.create_array keywords: source metadata, then the user's options."""
+    kwargs: dict[str, Any] = {**job.array.create_options, **options}
+    kwargs.pop("storage_options", None)
+    zarr_format = kwargs.get("zarr_format") or source_format or 3
+    kwargs["zarr_format"] = zarr_format
+    attributes = dict(job.array.attributes)
+    attributes.update(kwargs.pop("attributes", None) or {})
+    dims = kwargs.pop("dimension_names", None) or job.array.dimension_names
+    if dims is not None:
+        if zarr_format == 2:
+            attributes["_ARRAY_DIMENSIONS"] = list(dims)
+        else:
+            kwargs["dimension_names"] = tuple(dims)
+    kwargs["attributes"] = attributes
+    if kwargs.get("fill_value") is None:
+        kwargs.pop("fill_value", None)
+    return kwargs
+
+
+def _create_array(
+    location: StoreLocation,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    kwargs: dict[str, Any],
+) -> ZarrRef:
+    array = zarr.create_array(
+        store=location.open_store(),
+        name=location.path or None,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        **kwargs,
+    )
+    return ZarrRef.from_array(array, location)
+
+
+def _target_dtype(job: ArrayJob) -> Any:
+    return job.target_options.get("dtype", job.array.ref.dtype)
+
+
+# --------------------------------------------------------------------------
+# The public API
+# --------------------------------------------------------------------------
+
+
+class Rechunked:
+    """A prepared rechunk: the target's metadata exists; ``execute()`` writes the data.
+
+    Attributes
+    ----------
+    plan
+        The executor's own delayed object (see the executor's docs).
+    spec : tuple of StagedCopySpec
+        One per array being rechunked.
+    """
+
+    def __init__(
+        self,
+        executor: Executor[Any],
+        plan: Any,
+        spec: tuple[StagedCopySpec, ...],
+        jobs: Sequence[ArrayJob],
+        source: Source,
+        target: StoreLocation,
+    ) -> None:
+        self._executor = executor
+        self.plan = plan
+        self.spec = spec
+        self._jobs = tuple(jobs)
+        self._source = source
+        self._target = target
+
+    def execute(self, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
+        """Run the plan on its executor and return the target.
+
+        Keyword arguments go to the executor's ``execute_plan`` (for example
+        ``progress=`` for python and threads).
+        """
+        self._executor.execute_plan(self.plan, **kwargs)
+        return self.target
+
+    @property
+    def target(self) -> zarr.Array[Any] | zarr.Group:
+        """The target, opened fresh: a ``zarr.Array``, or a ``zarr.Group`` for groups."""
+        store = self._target.open_store()
+        if self._source.is_group:
+            return zarr.open_group(store=store, path=self._target.path, mode="r+")
+        return zarr.open_array(store=store, path=self._jobs[0].target.path, mode="r+")
+
+    def _rows(self) -> list[tuple[str, str, str, str, str]]:
+        rows = []
+        for job, spec in zip(self._jobs, self.spec):
+            name = job.array.name or "array"
+            arrays = (
+                [("source", spec.source)]
+                + [(f"intermediate {i + 1}", ref) for i, ref in enumerate(spec.intermediates)]
+                + [("target", spec.target)]
+            )
+            for role, ref in arrays:
+                rows.append((name, role, str(ref.shape), str(ref.chunks), str(ref.dtype)))
+        return rows
+
+    def _totals(self) -> str:
+        stages = max(len(job.plan.stages) for job in self._jobs)
+        tasks = sum(spec.num_tasks for spec in self.spec)
+        moved = sum(s.bytes_read + s.bytes_written for job in self._jobs for s in job.plan.stages)
+        return f"{stages} stage(s), {tasks} tasks, {format_bytes(moved)} to move"
+
+    def __repr__(self) -> str:
+        lines = [f"<Rechunked {self._source.kind} -> {self._target.describe()}: {self._totals()}>"]
+        for name, role, shape, chunks, dtype in self._rows():
+            lines.append(f"  {name} {role}: shape {shape}, chunks {chunks}, dtype {dtype}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in self._rows()
+        )
+        return (
+            f"<p><b>Rechunked</b> {html.escape(self._source.kind)} &rarr; "
+            f"{html.escape(self._target.describe())}: {html.escape(self._totals())}</p>"
+            "<table><tr><th>array</th><th>role</th><th>shape</th><th>chunks</th>"
+            f"<th>dtype</th></tr>{cells}</table>"
+        )
+
+    def summary(self) -> str:
+        """The plan of every array: stages, tasks, bytes and peak task memory."""
+        parts = [repr(self)]
+        for job in self._jobs:
+            parts.append(f"{job.array.name or 'array'}: {job.plan.summary()}")
+        return "\n".join(parts)
+
+
+def rechunk(
+    source: Any,
+    target_chunks: Any,
+    max_mem: int | str,
+    target_store: Any,
+    target_options: Mapping[str, Any] | None = None,
+    temp_store: Any = None,
+    temp_options: Mapping[str, Any] | None = None,
+    executor: str | Executor[Any] = "threads",
+    array_name: str | None = None,
+    keep_temp: bool = False,
+) -> Rechunked:
+    """Plan a rechunk of ``source`` into ``target_store`` within ``max_mem`` per task.
+
+    Same parameters as ``rechunker.rechunk``; see docs/api.md for every detail.
+
+    Parameters
+    ----------
+    source : zarr.Array, zarr.Group, dask.array.Array or xarray.Dataset
+    target_chunks : tuple, dict or None
+        Tuple of sizes; dict by dimension name; for groups a dict by array
+        name or by dimension name. ``-1`` is the whole dimension.
+    max_mem : int or str
+        Most bytes of array data one task may hold: ``268435456``, ``"256MB"``.
+    target_store, temp_store : path, fsspec URL, zarr Store or zarr.Group
+        Where the target and the intermediates go. ``temp_store`` is needed
+        only when the plan uses intermediates.
+    target_options, temp_options : dict, optional
+        ``zarr.create_array`` keywords (``compressors``, ``shards``,
+        ``overwrite``, ``storage_options``, ...), for every array or keyed by
+        array name.
+    executor : str or Executor
+        ``"threads"`` (default), ``"python"``, ``"dask"``, ``"prefect"``,
+        ``"beam"`` or any registered name.
+    array_name : str, optional
+        The array's name inside a target or temp ``zarr.Group``.
+    keep_temp : bool
+        Keep the intermediates after a successful run.
+
+    Returns
+    -------
+    Rechunked
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad input, before anything is written.
+    """
+    chosen = get_executor(executor)
+    found = open_source(source)
+    memory = parse_bytes(max_mem)
+
+    t_opts = dict(target_options or {})
+    target = resolve_location(target_store, _storage_options(t_opts))
+    target_is_group = isinstance(target_store, zarr.Group)
+    jobs = _plan_jobs(
+        found,
+        target_chunks,
+        memory,
+        target,
+        target_is_group,
+        target_options,
+        temp_options,
+        array_name,
+    )
+    temp = _check_locations(
+        found, jobs, target, target_is_group, temp_store, temp_options, array_name
+    )
+
+    specs = _create(found, jobs, target, target_is_group, temp, keep_temp)
+    return Rechunked(chosen, chosen.prepare_plan(specs), specs, jobs, found, target)
+
+
+def _storage_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    value = options.get("storage_options") or {}
+    per_array = [v.get("storage_options") for v in options.values() if isinstance(v, Mapping)]
+    return dict(value or next((p for p in per_array if p), {}))
+
+
+def _check_locations(
+    source: Source,
+    jobs: list[ArrayJob],
+    target: StoreLocation,
+    target_is_group: bool,
+    temp_store: Any,
+    temp_options: Mapping[str, Any] | None,
+    array_name: str | None,
+) -> tuple[StoreLocation, bool] | None:
+    """Check target and temp; return the temp location (and whether it is a
+    user's group) when some array needs intermediates."""
+    overwrite = all(job.target_options.get("overwrite") for job in jobs)
+    places = [job.target for job in jobs] if target_is_group else [target]
+    for place in places:
+        if not overwrite and place.exists():
+            raise ValueError(
+                f"the target {place.describe()} already holds data; pass "
+                "target_options={'overwrite': True} to replace it"
+            )
+    if source.location is not None and any(_overlaps(source.location, p) for p in places):
+        raise ValueError(
+            f"the target {target.describe()} overlaps the source {source.location.describe()}"
+        )
+    needs_temp = [job for job in jobs if len(job.plan.stages) > 1]
+    if not needs_temp:
+        return None
+    if temp_store is None:
+        job = needs_temp[0]
+        raise ValueError(
+            f"rechunking {job.array.name or 'the source array'} from chunks "
+            f"{job.array.ref.read_chunks} to {job.target_chunks} within max_mem needs an "
+            f"intermediate array ({len(job.plan.stages)} stages); pass temp_store= "
+            "(a path, URL, zarr Store or zarr.Group)"
+        )
+    temp_is_group = isinstance(temp_store, zarr.Group)
+    if temp_is_group and not source.is_group and not array_name:
+        raise ValueError(
+            "array_name is required when temp_store is a zarr.Group and the source is a "
+            "single array"
+        )
+    temp = resolve_location(temp_store, _storage_options(dict(temp_options or {})))
+    for other, what in ((source.location, "source"), (target, "target")):
+        if other is not None and _overlaps(temp, other):
+            raise ValueError(
+                f"temp_store {temp.describe()} is the same place as the {what} "
+                f"{other.describe()}; give the intermediates a store of their own"
+            )
+    overwrite_temp = all(job.temp_options.get("overwrite") for job in jobs)
+    if not temp_is_group and not overwrite_temp and temp.exists():
+        raise ValueError(
+            f"temp_store {temp.describe()} already holds data; pass an empty location or "
+            "temp_options={'overwrite': True}"
+        )
+    base = temp.child(array_name) if temp_is_group and not source.is_group and array_name else temp
+    return base, temp_is_group
+
+
+def _target_format(source: Source, jobs: list[ArrayJob]) -> ZarrFormat:
+    """The source's zarr format unless target_options set one; else zarr's default, 3."""
+    chosen = {
+        job.target_options["zarr_format"] for job in jobs if "zarr_format" in job.target_options
+    }
+    if len(chosen) > 1:
+        raise ValueError(f"target_options set different zarr_format values {sorted(chosen)}")
+    fmt = chosen.pop() if chosen else source.zarr_format or 3
+    if fmt == 2:
+        return 2
+    if fmt == 3:
+        return 3
+    raise ValueError(f"zarr_format={fmt!r} is not supported; use 2 or 3")
+
+
+def _create(
+    source: Source,
+    jobs: list[ArrayJob],
+    target: StoreLocation,
+    target_is_group: bool,
+    temp: tuple[StoreLocation, bool] | None,
+    keep_temp: bool,
+) -> tuple[StagedCopySpec, ...]:
+    """Create target groups and arrays, and the intermediates; return the specs."""
+    fmt = _target_format(source, jobs)
+    overwrite = all(job.target_options.get("overwrite") for job in jobs)
+    if source.is_group:
+        _create_groups(source, target, fmt, overwrite and not target_is_group)
+    specs = []
+    for job in jobs:
+        kwargs = _create_kwargs(job, {**job.target_options, "zarr_format": fmt}, fmt)
+        write = job.plan.stages[-1]
+        kwargs.pop("dtype", None)
+        target_ref = _create_array(
+            job.target, job.array.ref.shape, _target_dtype(job), job.target_chunks, kwargs
+        )
+        assert target_ref.chunks == write.write_chunks, (target_ref.chunks, write.write_chunks)
+        refs: list[Any] = [job.array.ref]
+        cleanup: list[StoreLocation] = []
+        for i, chunks in enumerate(job.plan.intermediate_chunks, start=1):
+            assert temp is not None
+            base, temp_is_group = temp
+            leaf = (
+                f"{job.array.name.replace('/', '.')}.intermediate{i}"
+                if job.array.name
+                else f"intermediate{i}"
+            )
+            location = base.child(leaf)
+            temp_kwargs = _create_kwargs(job, job.temp_options, fmt)
+            temp_kwargs.pop("dtype", None)
+            temp_kwargs["attributes"] = {}
+            refs.append(
+                _create_array(
+                    location, job.array.ref.shape, job.array.ref.dtype, chunks, temp_kwargs
+                )
+            )
+            if temp_is_group:
+                cleanup.append(location)
+        if temp is not None and not temp[1] and job is jobs[-1] and not keep_temp:
+            cleanup.append(temp[0])
+        refs.append(target_ref)
+        stages = tuple(
+            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
+            for i, stage in enumerate(job.plan.stages)
+        )
+        specs.append(StagedCopySpec(stages, () if keep_temp else tuple(cleanup)))
+    if source.is_group:
+        zarr.consolidate_metadata(target.open_store(), path=target.path, zarr_format=fmt)
+    return tuple(specs)
+
+
+def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat, overwrite: bool) -> None:
+    store = target.open_store()
+    for path, attributes in sorted(source.groups.items()):
+        location = target.child(path)
+        if path == "":
+            group = zarr.open_group(
+                store=store, path=location.path, mode="w" if overwrite else "a", zarr_format=fmt
+            )
+        else:
+            group = zarr.open_group(store=store, path=location.path, mode="a", zarr_format=fmt)
+        group.attrs.update(attributes)
+
+
+def describe_plan(
+    source: Any,
+    target_chunks: Any,
+    max_mem: int | str,
+    target_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Return the plan ``rechunk`` would make, as text, without writing anything."""
+    found = open_source(source)
+    jobs = _plan_jobs(
+        found,
+        target_chunks,
+        parse_bytes(max_mem),
+        StoreLocation("<target>"),
+        False,
+        target_options,
+        None,
+        None,
+    )
+    lines = [f"{found.kind}, max_mem {format_bytes(parse_bytes(max_mem))}"]
+    for job in jobs:
+        lines.append(
+            f"{job.array.name or 'array'} {job.array.ref.shape} {job.array.ref.dtype}: "
+            f"{job.plan.summary()}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""The backend-neutral description of a rechunk: data, not code.
+
+A :class:`CopySpec` copies one array into another, task by task; a
+:class:`StagedCopySpec` chains copies from source through intermediates to
+target. Executors walk these; :mod:`rechunker_core.copy` does each task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from rechunker_core.storage import Region, StoreLocation, ZarrRef
+
+__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec", "region_slices"]
+
+
+@runtime_checkable
+class ArrayRef(Protocol):
+    """Anything a stage can read from: a zarr array, a dask array, ...
+
+    References are small picklable values; ``read`` opens whatever it needs.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    @property
+    def chunks(self) -> tuple[int, ...]: ...
+
+    @property
+    def read_chunks(self) -> tuple[int, ...]: ...
+
+    def read(self, region: Region) -> np.ndarray[Any, Any]: ...
+
+
+def region_slices(
+    index: tuple[int, ...], task_chunks: tuple[int, ...], shape: tuple[int, ...]
+) -> Region:
+    """Return the region of the task at grid position ``index``.
+
+    >>> region_slices((1, 2), (4, 3), (6, 7))
+    (slice(4, 6, None), slice(6, 7, None))
+    """
+    return tuple(
+        slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, task_chunks, shape, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class CopySpec:
+    """One chunk-aligned copy from ``source`` to ``target``.
+
+    Tasks tile the array with regions of ``task_chunks`` (clipped at the edges).
+    Each region covers whole write chunks of the target, so tasks never write
+    the same stored object and may run in any order, at once, or again.
+
+    Attributes
+    ----------
+    source : ArrayRef
+    target : ZarrRef
+    task_chunks : tuple of int
+    """
+
+    source: ArrayRef
+    target: ZarrRef
+    task_chunks: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        source, target, tasks = self.source, self.target, self.task_chunks
+        if tuple(source.shape) != tuple(target.shape):
+            raise ValueError(f"source shape {source.shape} != target shape {target.shape}")
+        if np.dtype(source.dtype) != np.dtype(target.dtype):
+            raise ValueError(f"source dtype {source.dtype} != target dtype {target.dtype}")
+        if len(tasks) != len(target.shape) or any(c < 1 for c in tasks):
+            raise ValueError(
+                f"task_chunks {tasks} must be {len(target.shape)} positive integers "
+                f"for shape {target.shape}"
+            )
+        for n, c, w in zip(target.shape, tasks, target.chunks, strict=True):
+            if c < n and c % w:
+                raise ValueError(
+                    f"task_chunks {tasks} do not align with the target's write chunks "
+                    f"{target.chunks}: tasks would write parts of a stored chunk"
+                )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of both arrays."""
+        return tuple(self.target.shape)
+
+    @property
+    def task_grid(self) -> tuple[int, ...]:
+        """Tasks along each dimension."""
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.task_chunks))
+
+    @property
+    def num_tasks(self) -> int:
+        """How many tasks the copy has."""
+        return math.prod(self.task_grid)
+
+    def task_region(self, task: int) -> Region:
+        """Return the region of task number ``task`` (C order over the task grid)."""
+        index = np.unravel_index(task, self.task_grid) if self.shape else ()
+        return region_slices(tuple(int(i) for i in index), self.task_chunks, self.shape)
+
+    def task_regions(self, start: int = 0, stop: int | None = None) -> Iterator[Region]:
+        """Yield the regions of tasks ``start .. stop-1`` lazily, in C order."""
+        stop = self.num_tasks if stop is None else min(stop, self.num_tasks)
+        for task in range(start, stop):
+            yield self.task_region(task)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready description (zarr sources only)."""
+        if not isinstance(self.source, ZarrRef):
+            raise ValueError(
+                f"a plan reading a {type(self.source).__name__} cannot be saved as JSON: "
+                "only zarr arrays can be reopened by another process from a description"
+            )
+        return {
+            "source": self.source.to_dict(),
+            "target": self.target.to_dict(),
+            "task_chunks": list(self.task_chunks),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CopySpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            ZarrRef.from_dict(data["source"]),
+            ZarrRef.from_dict(data["target"]),
+            tuple(data["task_chunks"]),
+        )
+
+
+@dataclass(frozen=True)
+class StagedCopySpec:
+    """An ordered chain of copies: source -> intermediate(s) -> target.
+
+    Attributes
+    ----------
+    stages : tuple of CopySpec
+        Stage ``k + 1`` reads what stage ``k`` wrote.
+    cleanup : tuple of StoreLocation
+        Deleted after the last stage succeeds (the intermediates, unless the
+        user asked to keep them).
+    """
+
+    stages: tuple[CopySpec, ...]
+    cleanup: tuple[StoreLocation, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("a StagedCopySpec needs at least one stage")
+        for k, (before, after) in enumerate(zip(self.stages, self.stages[1:])):
+            if before.target != after.source:
+                raise ValueError(
+                    f"stage {k + 1} reads {after.source!r} but stage {k} writes {before.target!r}"
+                )
+
+    @property
+    def source(self) -> ArrayRef:
+        """What the first stage reads."""
+        return self.stages[0].source
+
+    @property
+    def target(self) -> ZarrRef:
+        """What the last stage writes."""
+        return self.stages[-1].target
+
+    @property
+    def intermediates(self) -> tuple[ZarrRef, ...]:
+        """The arrays between stages."""
+        return tuple(stage.target for stage in self.stages[:-1])
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks over all stages."""
+        return sum(stage.num_tasks for stage in self.stages)
+
+    def to_json(self) -> str:
+        """Serialise to JSON; :meth:`from_json` restores an equal spec."""
+        return json.dumps(
+            {
+                "stages": [stage.to_dict() for stage in self.stages],
+                "cleanup": [_location_to_dict(loc) for loc in self.cleanup],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StagedCopySpec:
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        return cls(
+            tuple(CopySpec.from_dict(stage) for stage in data["stages"]),
+            tuple(
+                StoreLocation(d["store"], d["path"], d["storage_options"]) for d in data["cleanup"]
+            ),
+        )
+
+
+def _location_to_dict(location: StoreLocation) -> dict[str, Any]:
+    if not isinstance(location.store, str):
+        raise ValueError(f"cannot save {location.describe()} as JSON: its store is a Python object")
+    return {
+        "store": location.store,
+        "path": location.path,
+        "storage_options": dict(location.storage_options),
+    }

@@ -1,0 +1,281 @@
+"""Where arrays live, and opening them: store locations, array references, an LRU.
+
+A :class:`StoreLocation` names a place in a store (a local path or fsspec URL,
+or a zarr ``Store`` object, plus a path inside it); a :class:`ZarrRef` names a
+zarr array there together with the geometry the planner needs. Both are small
+frozen values that pickle, so specs travel to other processes; arrays are
+opened on first use in each process and kept in a bounded LRU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, MemoryStore
+
+__all__ = [
+    "StoreLocation",
+    "ZarrRef",
+    "clear_cache",
+    "open_array",
+    "resolve_location",
+]
+
+Region = tuple[slice, ...]
+
+#: Arrays each process keeps open at most (reading ``zarr.json`` again is cheap,
+#: but not free on object stores).
+CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A place in a store: ``store`` (a local path, an fsspec URL or a zarr
+    ``Store``) and a ``path`` inside it.
+
+    Attributes
+    ----------
+    store : str or zarr.abc.store.Store
+    path : str
+        ``""`` for the store root; ``/``-separated.
+    storage_options : dict
+        fsspec options, used when ``store`` is a URL.
+    """
+
+    store: str | Store
+    path: str = ""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def child(self, name: str) -> StoreLocation:
+        """Return the location ``name`` below this one.
+
+        >>> StoreLocation("/data/t.zarr", "g").child("a/b").path
+        'g/a/b'
+        """
+        path = "/".join(p for p in (self.path, name.strip("/")) if p)
+        return StoreLocation(self.store, path, self.storage_options)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the data lives in this process's memory only."""
+        if isinstance(self.store, str):
+            return self.store.startswith("memory://")
+        return isinstance(self.store, MemoryStore) or (
+            isinstance(self.store, FsspecStore) and "memory" in _protocols(self.store)
+        )
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """A hashable identity, equal for locations naming the same place."""
+        if isinstance(self.store, str):
+            options = json.dumps(dict(self.storage_options), sort_keys=True, default=str)
+            return ("url", self.store.rstrip("/"), self.path, options)
+        # The cache holds the store while it holds this key, so ids stay unique.
+        return ("object", str(id(self.store)), self.path)
+
+    def describe(self) -> str:
+        """Return a short human-readable name for messages and reprs."""
+        base = self.store if isinstance(self.store, str) else str(self.store)
+        return f"{base.rstrip('/')}/{self.path}" if self.path else base
+
+    def open_store(self, *, read_only: bool = False) -> Store:
+        """Return the zarr store object for this location's store."""
+        if not isinstance(self.store, str):
+            return self.store
+        if "://" not in self.store:
+            return LocalStore(self.store, read_only=read_only)
+        options = dict(self.storage_options)
+        if self.store.startswith("file://"):
+            options.setdefault("auto_mkdir", True)
+        return FsspecStore.from_url(self.store, storage_options=options, read_only=read_only)
+
+    def exists(self) -> bool:
+        """Whether anything (a zarr node or any other object) is stored here."""
+        if isinstance(self.store, str) and "://" not in self.store:
+            full = Path(self.store, self.path)
+            return full.is_file() or (full.is_dir() and any(full.iterdir()))
+        store = self.open_store(read_only=True)
+        return not sync(store.is_empty(self.path))
+
+    def delete(self) -> None:
+        """Delete everything stored at this location."""
+        clear_cache(self)
+        sync(self.open_store().delete_dir(self.path))
+        if isinstance(self.store, str) and "://" not in self.store:
+            full = Path(self.store, self.path)
+            # LocalStore leaves empty directories behind; remove ours.
+            for directory in (full, *full.parents):
+                if directory == Path(self.store).parent or not directory.is_dir():
+                    break
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
+
+
+def _protocols(store: FsspecStore) -> tuple[str, ...]:
+    protocol = getattr(store.fs, "protocol", ())
+    if hasattr(store.fs, "sync_fs"):
+        protocol = store.fs.sync_fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def resolve_location(
+    store_like: Any, storage_options: Mapping[str, Any] | None = None
+) -> StoreLocation:
+    """Turn what users pass as a store into a :class:`StoreLocation`.
+
+    Accepts a local path (``str`` or ``pathlib.Path``), an fsspec URL, a zarr
+    ``Store`` or a ``zarr.Group``. Local stores become their path, so they pickle
+    and save to JSON as text.
+
+    >>> resolve_location("data/t.zarr").store == os.path.abspath("data/t.zarr")
+    True
+    """
+    options = dict(storage_options or {})
+    if isinstance(store_like, zarr.Group):
+        base = resolve_location(store_like.store, options)
+        return base.child(store_like.path)
+    if isinstance(store_like, Path):
+        store_like = str(store_like)
+    if isinstance(store_like, str):
+        if "://" in store_like and not store_like.startswith("file://"):
+            return StoreLocation(store_like, "", options)
+        if store_like.startswith("file://") and not options:
+            store_like = store_like[len("file://") :]
+        elif store_like.startswith("file://"):
+            return StoreLocation(store_like, "", options)
+        return StoreLocation(os.path.abspath(store_like), "", {})
+    if isinstance(store_like, LocalStore):
+        return StoreLocation(str(store_like.root), "", {})
+    if isinstance(store_like, Store):
+        return StoreLocation(store_like, "", {})
+    raise TypeError(
+        f"unsupported store {store_like!r} of type {type(store_like).__name__}: pass a local "
+        "path, an fsspec URL (memory://, file://, s3://...), a zarr Store or a zarr.Group"
+    )
+
+
+@dataclass(frozen=True)
+class ZarrRef:
+    """A zarr array: where it is, and the geometry the planner needs.
+
+    Attributes
+    ----------
+    location : StoreLocation
+    shape : tuple of int
+    dtype : numpy.dtype
+    chunks : tuple of int
+        The write unit: shards when the array is sharded, else chunks.
+    read_chunks : tuple of int
+        The decode unit: the (inner) chunks.
+    """
+
+    location: StoreLocation
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    chunks: tuple[int, ...]
+    read_chunks: tuple[int, ...]
+
+    @classmethod
+    def from_array(cls, array: zarr.Array[Any], location: StoreLocation) -> ZarrRef:
+        """Describe an open array found at ``location``."""
+        return cls(
+            location=location,
+            shape=tuple(array.shape),
+            dtype=np.dtype(array.dtype),
+            chunks=tuple(array.shards or array.chunks),
+            read_chunks=tuple(array.chunks),
+        )
+
+    def open(self, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
+        """Open the array (once per process and mode; see :func:`open_array`)."""
+        return open_array(self.location, mode)
+
+    def read(self, region: Region) -> np.ndarray[Any, Any]:
+        """Read ``region`` into a new numpy array."""
+        return np.asarray(self.open("r")[region])
+
+    def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
+        """Write ``data`` to ``region``; the region must cover whole write chunks."""
+        self.open("r+")[region] = data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready description; the store must be a path or URL."""
+        if not isinstance(self.location.store, str):
+            raise ValueError(
+                f"cannot save a reference to an array in {self.location.describe()} as JSON: "
+                "its store is a Python object; use a local path or an fsspec URL"
+            )
+        return {
+            "store": self.location.store,
+            "path": self.location.path,
+            "storage_options": dict(self.location.storage_options),
+            "shape": list(self.shape),
+            "dtype": self.dtype.str,
+            "chunks": list(self.chunks),
+            "read_chunks": list(self.read_chunks),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ZarrRef:
+        """Inverse of :meth:`to_dict`."""
+        location = StoreLocation(data["store"], data["path"], dict(data["storage_options"]))
+        return cls(
+            location=location,
+            shape=tuple(data["shape"]),
+            dtype=np.dtype(data["dtype"]),
+            chunks=tuple(data["chunks"]),
+            read_chunks=tuple(data["read_chunks"]),
+        )
+
+
+_cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def open_array(location: StoreLocation, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
+    """Open the zarr array at ``location``, reusing this process's open copy.
+
+    Keeps at most :data:`CACHE_SIZE` arrays, dropping the least recently used,
+    so a long-lived worker never holds an unbounded number open.
+    """
+    key = (*location.key, mode)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    array = zarr.open_array(
+        store=location.open_store(read_only=mode == "r"), path=location.path, mode=mode
+    )
+    with _cache_lock:
+        _cache[key] = array
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return array
+
+
+def clear_cache(location: StoreLocation | None = None) -> None:
+    """Forget open arrays: all of them, or those at and below ``location``."""
+    with _cache_lock:
+        if location is None:
+            _cache.clear()
+            return
+        prefix = location.key
+        for key in [k for k in _cache if k[0] == prefix[0] and k[1] == prefix[1]]:
+            if (
+                not location.path
+                or key[2] == location.path
+                or key[2].startswith(location.path + "/")
+            ):
+                del _cache[key]

@@ -510,13 +510,16 @@ def _between(a: int, b: int, size: int) -> list[int]:
     """Intermediate extents along a dimension going from ``a`` to ``b``.
 
     Every returned extent lines up with both ends, so neither stage next to the
-    intermediate decodes a chunk more than once. Extents that share no factor
-    (7 -> 5) have no such extent but the ends themselves.
+    intermediate decodes a chunk more than once: it is a multiple of the
+    smaller end and divides the larger, or a region spanning both already
+    covers the whole dimension (the larger end is the whole dimension).
+    Extents that share no factor (7 -> 5) have no such extent but the ends
+    themselves.
 
     >>> _between(24, 8760, 8760)
-    [24, 120, 1752, 8760]
+    [24, 48, 96, 120, 192, 384, 768, 1536, 1752, 3072, 6144, 8760]
     >>> _between(180, 10, 180)
-    [10, 20, 30, 60, 90, 180]
+    [10, 20, 30, 40, 60, 80, 90, 160, 180]
     >>> _between(7, 5, 100)
     [5, 7]
     """
@@ -524,7 +527,13 @@ def _between(a: int, b: int, size: int) -> list[int]:
     if hi % lo:
         extra = [g for g in (math.gcd(a, b),) if g * 4 >= lo]
         return sorted({a, b, *extra})
-    return [lo * d for d in _divisors(hi // lo)]
+    extents = {lo * d for d in _divisors(hi // lo)}
+    if hi >= size:
+        extent = 2 * lo
+        while extent < size:
+            extents.add(extent)
+            extent *= 2
+    return sorted(extents)
 
 
 def _geometric_chain(a: int, b: int, size: int, stages: int, switch: int) -> list[int]:

@@ -11,13 +11,14 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import product
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from rechunker_core.storage import Region, StoreLocation, ZarrRef
 
-__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec", "region_slices"]
+__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec", "region_slices", "split_region"]
 
 
 @runtime_checkable
@@ -40,6 +41,23 @@ class ArrayRef(Protocol):
     def read_chunks(self) -> tuple[int, ...]: ...
 
     def read(self, region: Region) -> np.ndarray[Any, Any]: ...
+
+
+def split_region(region: Region, chunks: tuple[int, ...]) -> Iterator[Region]:
+    """Yield the chunk-sized pieces of a chunk-aligned ``region``, in C order.
+
+    ``region`` must start on chunk boundaries; the last piece along a
+    dimension ends where the region does.
+
+    >>> list(split_region((slice(0, 4), slice(6, 9)), (2, 3)))
+    [(slice(0, 2, None), slice(6, 9, None)), (slice(2, 4, None), slice(6, 9, None))]
+    """
+    starts = [range(r.start, r.stop, c) for r, c in zip(region, chunks, strict=True)]
+    for corner in product(*starts):
+        yield tuple(
+            slice(start, min(start + c, r.stop))
+            for start, c, r in zip(corner, chunks, region, strict=True)
+        )
 
 
 def region_slices(
@@ -85,6 +103,8 @@ class CopySpec:
                 f"task_chunks {tasks} must be {len(target.shape)} positive integers "
                 f"for shape {target.shape}"
             )
+        if any(c > max(n, 1) for c, n in zip(tasks, target.shape)):
+            raise ValueError(f"task_chunks {tasks} do not fit the shape {target.shape}")
         for n, c, w in zip(target.shape, tasks, target.chunks, strict=True):
             if c < n and c % w:
                 raise ValueError(
@@ -122,8 +142,10 @@ class CopySpec:
         """Return a JSON-ready description (zarr sources only)."""
         if not isinstance(self.source, ZarrRef):
             raise ValueError(
-                f"a plan reading a {type(self.source).__name__} cannot be saved as JSON: "
-                "only zarr arrays can be reopened by another process from a description"
+                f"a plan reading {self.source!r} cannot be saved as JSON: a JSON plan names "
+                "zarr arrays by store and path, and cannot carry a dask graph (a dask array, "
+                "or the variables of an xarray Dataset). Write the source to zarr first "
+                "(to_zarr), or run the plan from Python with an executor"
             )
         return {
             "source": self.source.to_dict(),

@@ -130,6 +130,23 @@ def _protocols(store: FsspecStore) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
+def _fsspec_location(store: FsspecStore) -> StoreLocation | None:
+    """The URL and storage options of an fsspec store (None for memory://).
+
+    A URL pickles and saves to JSON, and names the same place as a URL a
+    user passes, so overlapping source, temp and target are detected.
+    """
+    protocols = _protocols(store)
+    if not protocols or "memory" in protocols:
+        return None
+    if "file" in protocols:
+        return StoreLocation(os.path.abspath(store.path), "", {})
+    fs = getattr(store.fs, "sync_fs", store.fs)
+    # zarr adds "asynchronous" itself when it opens a URL.
+    options = {k: v for k, v in fs.storage_options.items() if k != "asynchronous"}
+    return StoreLocation(f"{protocols[0]}://{store.path}", "", options)
+
+
 def resolve_location(
     store_like: Any, storage_options: Mapping[str, Any] | None = None
 ) -> StoreLocation:
@@ -158,6 +175,8 @@ def resolve_location(
         return StoreLocation(os.path.abspath(store_like), "", {})
     if isinstance(store_like, LocalStore):
         return StoreLocation(str(store_like.root), "", {})
+    if isinstance(store_like, FsspecStore) and (url := _fsspec_location(store_like)):
+        return url
     if isinstance(store_like, Store):
         return StoreLocation(store_like, "", {})
     raise TypeError(
@@ -200,15 +219,39 @@ class ZarrRef:
 
     def open(self, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
         """Open the array (once per process and mode; see :func:`open_array`)."""
-        return open_array(self.location, mode)
+        array = open_array(self.location, mode)
+        if (tuple(array.shape), tuple(array.shards or array.chunks)) != (self.shape, self.chunks):
+            # Replaced since this process opened it (overwrite=True): the copy is stale.
+            clear_cache(self.location)
+            array = open_array(self.location, mode)
+        return array
 
     def read(self, region: Region) -> np.ndarray[Any, Any]:
         """Read ``region`` into a new numpy array."""
         return np.asarray(self.open("r")[region])
 
     def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
-        """Write ``data`` to ``region``; the region must cover whole write chunks."""
-        self.open("r+")[region] = data
+        """Write ``data`` to ``region``; the region must cover whole write chunks.
+
+        Each write chunk is gathered into a contiguous array here, in the
+        calling thread, and handed to zarr whole. zarr then encodes it as is;
+        given the whole region it would gather every chunk, and check it for
+        emptiness, on its one event-loop thread, which serialises all workers
+        (docs/algorithm.md). Chunks holding only the fill value are skipped
+        unless the array writes empty chunks, as zarr would: the arrays are
+        new, so a skipped chunk reads as the fill value.
+        """
+        from rechunker_core.spec import split_region  # spec imports this module
+
+        array = self.open("r+")
+        skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
+        writer = array.with_config({"write_empty_chunks": True})
+        for piece in split_region(region, self.chunks):
+            local = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(piece, region))
+            block = np.ascontiguousarray(data[local])
+            if skip_empty and _all_fill(block, array.fill_value):
+                continue
+            writer[piece] = block
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description; the store must be a path or URL."""
@@ -238,6 +281,20 @@ class ZarrRef:
             chunks=tuple(data["chunks"]),
             read_chunks=tuple(data["read_chunks"]),
         )
+
+
+def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
+    """Whether every element of ``block`` equals ``fill_value`` (NaN equals NaN).
+
+    >>> _all_fill(np.array([np.nan, np.nan]), np.nan), _all_fill(np.zeros(2), 1.0)
+    (True, False)
+    """
+    fill = np.asarray(fill_value, dtype=block.dtype)
+    return bool(
+        np.array_equal(
+            block, np.broadcast_to(fill, block.shape), equal_nan=block.dtype.kind in "fc"
+        )
+    )
 
 
 _cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()

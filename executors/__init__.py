@@ -12,9 +12,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from rechunker_core.spec import StagedCopySpec
+if TYPE_CHECKING:
+    # Annotation only: importing it at run time would import rechunker_core.api,
+    # which imports this module, so `import executors` first would be circular.
+    from rechunker_core.spec import StagedCopySpec
 
 __all__ = [
     "BUILTIN_EXECUTORS",

@@ -1,4 +1,5 @@
-"""The ``rechunker-core`` command line: plan, run, demo.
+"""The ``rechunker-core`` command line: plan, run, demo, and run-part/finish for
+plans run by independent processes (HPC array jobs).
 
 Bad input prints one line on stderr and exits with status 2, before anything
 is written.
@@ -7,19 +8,23 @@ is written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 import zarr
 
+from executors import refuse_in_memory
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.api import describe_plan, parse_bytes, rechunk
+from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.spec import CopySpec, StagedCopySpec
 
-__all__ = ["ProgressBar", "main", "parse_target_chunks"]
+__all__ = ["ProgressBar", "load_plan", "main", "parse_target_chunks", "part_tasks", "save_plan"]
 
 
 def parse_target_chunks(text: str) -> tuple[int, ...] | dict[str, int]:
@@ -77,7 +82,116 @@ def _open_source(path: str) -> zarr.Array[Any] | zarr.Group:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     source = _open_source(args.source)
-    print(describe_plan(source, parse_target_chunks(args.target_chunks), args.max_mem))
+    if args.save is None:
+        print(describe_plan(source, parse_target_chunks(args.target_chunks), args.max_mem))
+        return 0
+    if args.target is None:
+        raise ValueError("--save needs --target: the plan file names the arrays it creates")
+    if not Path(args.save).absolute().parent.is_dir():
+        raise ValueError(f"--save {args.save}: no such directory")
+    rechunked = rechunk(
+        source,
+        parse_target_chunks(args.target_chunks),
+        args.max_mem,
+        args.target,
+        target_options={"overwrite": True} if args.overwrite else None,
+        temp_store=args.temp,
+        temp_options={"overwrite": True} if args.overwrite else None,
+        executor="python",
+    )
+    save_plan(rechunked.spec, args.save)
+    print(rechunked.summary())
+    rounds = list(stages_in_order(rechunked.spec))
+    print(f"saved {args.save}")
+    print(f"stages: {len(rounds)}")
+    for k, round_ in enumerate(rounds):
+        print(f"stage {k}: {sum(stage.num_tasks for stage in round_)} tasks")
+    return 0
+
+
+def save_plan(specs: Sequence[StagedCopySpec], path: str | Path) -> None:
+    """Write ``specs`` to ``path`` as JSON, for ``run-part`` and ``finish``.
+
+    One spec is written as :meth:`StagedCopySpec.to_json` gives it; several
+    (a group) as a JSON list of those.
+
+    Raises
+    ------
+    ValueError
+        If an array lives in memory, or in a store that is a Python object:
+        other processes could not reach it.
+    """
+    specs = tuple(specs)
+    refuse_in_memory(specs, "run-part")
+    texts = [spec.to_json() for spec in specs]
+    try:
+        Path(path).write_text(texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]")
+    except OSError as error:
+        raise ValueError(f"cannot write the plan file {path}: {error.strerror}") from error
+
+
+def load_plan(path: str | Path) -> tuple[StagedCopySpec, ...]:
+    """Read the specs :func:`save_plan` wrote.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or is not a saved plan.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        items = data if isinstance(data, list) else [data]
+        specs = tuple(StagedCopySpec.from_json(json.dumps(item)) for item in items)
+    except OSError as error:
+        raise ValueError(f"cannot read the plan file {path}: {error.strerror}") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'") from error
+    if not specs:
+        raise ValueError(f"{path} holds no plan")
+    refuse_in_memory(specs, "run-part")
+    return specs
+
+
+def part_tasks(round_: Sequence[CopySpec], part: int, parts: int) -> list[tuple[CopySpec, range]]:
+    """Return the tasks part ``part`` of ``parts`` runs: contiguous, and together exact.
+
+    The round's tasks are numbered one after another, stage by stage; part
+    ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
+
+    >>> from types import SimpleNamespace as NS
+    >>> a, b = NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)
+    >>> [[(s.name, r) for s, r in part_tasks([a, b], i, 3)] for i in range(3)]
+    [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
+    """
+    total = sum(stage.num_tasks for stage in round_)
+    low, high = part * total // parts, (part + 1) * total // parts
+    tasks, offset = [], 0
+    for stage in round_:
+        start, stop = max(low, offset), min(high, offset + stage.num_tasks)
+        if start < stop:
+            tasks.append((stage, range(start - offset, stop - offset)))
+        offset += stage.num_tasks
+    return tasks
+
+
+def _cmd_run_part(args: argparse.Namespace) -> int:
+    specs = load_plan(args.plan)
+    rounds = list(stages_in_order(specs))
+    if not 0 <= args.stage < len(rounds):
+        raise ValueError(f"--stage {args.stage}: {args.plan} has stages 0 to {len(rounds) - 1}")
+    if args.of < 1 or not 0 <= args.part < args.of:
+        raise ValueError(f"--part {args.part} --of {args.of}: need 0 <= part < of")
+    copied = sum(
+        copy_tasks(stage, tasks)
+        for stage, tasks in part_tasks(rounds[args.stage], args.part, args.of)
+    )
+    print(f"stage {args.stage}, part {args.part} of {args.of}: copied {copied} tasks")
+    return 0
+
+
+def _cmd_finish(args: argparse.Namespace) -> int:
+    finish(load_plan(args.plan))
+    print("intermediates deleted")
     return 0
 
 
@@ -174,8 +288,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (status 2), like every bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rechunker-core", description=__doc__)
+    parser = _Parser(prog="rechunker-core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -185,7 +306,28 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print the plan for rechunking SOURCE")
     plan.add_argument("source", help="path or URL of a zarr array or group")
     common(plan)
+    plan.add_argument("--target", help="with --save: where to create the target")
+    plan.add_argument("--temp", help="with --save: store for intermediates, when needed")
+    plan.add_argument(
+        "--save",
+        metavar="PLAN_JSON",
+        help="create the target and temp arrays and save the plan for run-part and finish",
+    )
+    plan.add_argument("--overwrite", action="store_true", help="replace an existing target")
     plan.set_defaults(run=_cmd_plan)
+
+    run_part = sub.add_parser("run-part", help="run part I of N of one stage of a saved plan")
+    run_part.add_argument("plan", help="the file written by 'plan --save'")
+    run_part.add_argument("--stage", type=int, required=True, help="stage number, from 0")
+    run_part.add_argument("--part", type=int, required=True, help="part number, from 0")
+    run_part.add_argument("--of", type=int, required=True, help="number of parts")
+    run_part.set_defaults(run=_cmd_run_part)
+
+    finish_ = sub.add_parser(
+        "finish", help="delete a saved plan's intermediates (after the last stage)"
+    )
+    finish_.add_argument("plan", help="the file written by 'plan --save'")
+    finish_.set_defaults(run=_cmd_finish)
 
     run = sub.add_parser("run", help="rechunk SOURCE into TARGET")
     run.add_argument("source")

@@ -34,3 +34,58 @@ MODES: list[Mode] = [
     Mode("python", lambda request: PythonExecutor()),
     Mode("threads", lambda request: ThreadsExecutor(max_workers=2)),
 ]
+
+
+# Engines: each ``make`` imports its executor lazily and reaches its session
+# fixture (tests/executors/conftest.py) through the request.
+
+
+def _dask(**compute_kwargs: Any) -> Callable[[pytest.FixtureRequest], Any]:
+    def make(request: pytest.FixtureRequest) -> Any:
+        from executors.dask import DaskExecutor
+
+        return DaskExecutor(**compute_kwargs)
+
+    return make
+
+
+def _dask_distributed(request: pytest.FixtureRequest) -> Any:
+    from executors.dask import DaskExecutor
+
+    return DaskExecutor(scheduler=request.getfixturevalue("dask_client"))
+
+
+def _prefect(request: pytest.FixtureRequest) -> Any:
+    from executors.prefect import PrefectExecutor
+
+    request.getfixturevalue("prefect_harness")
+    return PrefectExecutor()
+
+
+def _beam(mode: str) -> Callable[[pytest.FixtureRequest], Any]:
+    def make(request: pytest.FixtureRequest) -> Any:
+        from executors.beam import BeamExecutor
+
+        return BeamExecutor({"direct_running_mode": mode, "direct_num_workers": 2})
+
+    return make
+
+
+def _parts(request: pytest.FixtureRequest) -> Any:
+    from tests.executors.test_parts import PartsExecutor
+
+    return PartsExecutor(request.getfixturevalue("tmp_path"), parts=2)
+
+
+MODES += [
+    Mode("dask-sync", _dask(scheduler="sync")),
+    Mode("dask-threads", _dask(scheduler="threads", num_workers=2)),
+    Mode("dask-processes", _dask(scheduler="processes", num_workers=2), in_process=False),
+    Mode("dask-distributed", _dask_distributed, in_process=False),
+    Mode("prefect", _prefect),
+    # Beam runs unpickled copies of the plan even in one process, so a
+    # MemoryStore's writes would be lost: it refuses them in every mode.
+    Mode("beam-threads", _beam("multi_threading"), in_process=False),
+    Mode("beam-processes", _beam("multi_processing"), in_process=False),
+    Mode("parts", _parts, in_process=False),
+]

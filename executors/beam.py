@@ -1,0 +1,165 @@
+"""Apache Beam: the plan is a ``PTransform`` applied as ``pipeline | rechunked.plan``.
+
+Stage ``k`` of every array (a *round*, see
+:func:`rechunker_core.copy.stages_in_order`) becomes::
+
+    seed -FlatMap(task numbers, side input: barrier k-1)-> Reshuffle -Map(copy)->
+        CombineGlobally(sum) = barrier k
+
+A side input is complete only when everything upstream of it has finished, on
+every runner, so no task of round ``k`` starts before every task of round
+``k - 1`` is done. Reshuffle spreads the task numbers, generated on one
+worker, over all workers. After the last barrier one element runs
+:func:`rechunker_core.copy.finish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from executors import import_engine, refuse_in_memory
+from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.spec import CopySpec, StagedCopySpec
+
+__all__ = ["BeamExecutor"]
+
+
+class BeamExecutor:
+    """Builds a ``PTransform``; :meth:`execute_plan` runs it in a new pipeline.
+
+    Parameters
+    ----------
+    options : apache_beam.options.pipeline_options.PipelineOptions or dict, optional
+        Pipeline options, or a dict of option names and values
+        (``{"direct_running_mode": "multi_processing", "direct_num_workers": 4}``)
+        turned into ``PipelineOptions(flags=[], **options)``. By default no
+        options, so the DirectRunner runs the pipeline.
+    runner : str or apache_beam.runners.PipelineRunner, optional
+        ``"DirectRunner"``, ``"DataflowRunner"``, ``"FlinkRunner"``, ... ;
+        by default the ``runner`` option decides.
+
+    Notes
+    -----
+    Beam serializes every transform into its pipeline, on every runner: even
+    the DirectRunner in one process runs copies of the specs, so writes to a
+    ``zarr.storage.MemoryStore`` would be lost. The executor therefore refuses
+    in-memory stores with ``ValueError``, whatever the runner.
+    """
+
+    def __init__(
+        self, options: Any | Mapping[str, Any] | None = None, runner: Any | None = None
+    ) -> None:
+        self.options = options
+        self.runner = runner
+
+    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
+        """Return a ``Rechunk`` transform (a ``beam.PTransform``) for ``specs``.
+
+        Raises
+        ------
+        ValueError
+            If an array of ``specs`` lives in memory.
+        """
+        import_engine("apache_beam", "beam")
+        return _rechunk_class()(tuple(specs))
+
+    def execute_plan(
+        self, plan: Any, options: Any | Mapping[str, Any] | None = None, runner: Any | None = None
+    ) -> None:
+        """Apply ``plan`` to a new pipeline, run it and wait for it to finish.
+
+        ``options`` and ``runner`` override those given to the executor.
+
+        Raises
+        ------
+        RuntimeError
+            If the pipeline ends in a state other than ``DONE``.
+        """
+        beam = import_engine("apache_beam", "beam")
+        from apache_beam.runners.runner import PipelineState
+
+        pipeline = beam.Pipeline(
+            runner=runner if runner is not None else self.runner,
+            options=_pipeline_options(options if options is not None else self.options),
+        )
+        # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
+        _ = pipeline | _rechunk_class()(plan.specs)
+        state = pipeline.run().wait_until_finish()
+        if state != PipelineState.DONE:
+            raise RuntimeError(f"the rechunk pipeline ended in state {state}")
+
+
+def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:
+    """Return ``options`` as ``PipelineOptions``, never parsing ``sys.argv``."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if isinstance(options, PipelineOptions):
+        return options
+    return PipelineOptions(flags=[], **dict(options or {}))
+
+
+@cache
+def _rechunk_class() -> type:
+    """Define :class:`Rechunk` on first use, so importing this module skips Beam."""
+    beam = import_engine("apache_beam", "beam")
+    from apache_beam.pvalue import AsSingleton
+
+    class Rechunk(beam.PTransform):  # type: ignore[misc,name-defined]
+        """Copy every stage of the specs, round by round, then clean up.
+
+        Apply it to a pipeline: ``pipeline | Rechunk(specs)``; the output is a
+        PCollection holding one ``None`` once everything is done.
+        """
+
+        def __init__(self, specs: tuple[StagedCopySpec, ...]) -> None:
+            refuse_in_memory(specs, "beam")
+            super().__init__(label="Rechunk")
+            self.specs = specs
+
+        def expand(self, pbegin: Any) -> Any:
+            seed = pbegin | "Seed" >> beam.Create([None])
+            barrier: list[Any] = []
+            for k, round_ in enumerate(stages_in_order(self.specs)):
+                done = (
+                    seed
+                    | f"Stage {k}: tasks" >> beam.FlatMap(_task_numbers, round_, *barrier)
+                    | f"Stage {k}: spread" >> beam.Reshuffle()
+                    | f"Stage {k}: copy" >> beam.Map(_copy_task, round_)
+                    | f"Stage {k}: barrier" >> beam.CombineGlobally(sum)
+                )
+                barrier = [AsSingleton(done)]
+            return seed | "Finish" >> beam.Map(_finish, self.specs, *barrier)
+
+    Rechunk.__module__ = __name__
+    return Rechunk
+
+
+def __getattr__(name: str) -> Any:
+    # ``executors.beam.Rechunk`` resolves lazily: pickles of the transform
+    # find its class here, and importing the module does not import Beam.
+    if name == "Rechunk":
+        return _rechunk_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# The functions Beam runs; a ``barrier`` argument is the previous round's side
+# input: waited for, then ignored.
+
+
+def _task_numbers(
+    seed: None, round_: list[CopySpec], barrier: Any = None
+) -> Iterator[tuple[int, int]]:
+    for index, stage in enumerate(round_):
+        for task in range(stage.num_tasks):
+            yield index, task
+
+
+def _copy_task(element: tuple[int, int], round_: list[CopySpec]) -> int:
+    index, task = element
+    return copy_tasks(round_[index], (task,))
+
+
+def _finish(seed: None, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:
+    finish(specs)

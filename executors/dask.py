@@ -1,0 +1,187 @@
+"""Dask: the plan is a ``dask.delayed.Delayed`` that runs every stage as dask tasks.
+
+The graph is built with the public task spec (:mod:`dask.task_spec`) and wrapped
+in a ``Delayed``; no HighLevelGraph layers are built by hand. For a spec with
+two stages of three tasks each (one batch per task)::
+
+    copy(0,0,0) copy(0,0,1) copy(0,0,2)      stage 0 of spec 0
+          \\          |          /
+              barrier(0,0)
+          /          |          \\
+    copy(0,1,0) copy(0,1,1) copy(0,1,2)      stage 1: each depends on the barrier only
+          \\          |          /
+              barrier(0,1)
+                     |
+                  finish                     deletes the intermediates (copy.finish)
+
+Several specs (a group) each get such a chain; ``finish`` waits for every
+chain's last barrier. The chains do not wait for each other: stage 1 of one
+array reads only what stage 0 of that same array wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from executors import import_engine, refuse_in_memory
+from rechunker_core.copy import copy_tasks, finish
+from rechunker_core.spec import CopySpec, StagedCopySpec
+
+__all__ = ["DaskExecutor"]
+
+#: With ``batch_size=None``, copy tasks smaller than this are batched so one
+#: dask task moves about this many bytes (the scheduler costs ~1-2 ms a task)...
+MIN_BATCH_BYTES = 4 * 2**20
+#: ...but a stage keeps at least this many dask tasks, so batching never
+#: starves the workers.
+MIN_BATCHES_PER_STAGE = 1000
+
+
+class DaskExecutor:
+    """Builds a ``dask.delayed.Delayed`` with one dask task per copy task.
+
+    The plan can be computed on any dask scheduler and embedded in larger
+    graphs (``dask.compute(rechunked.plan, other_collection)``).
+
+    Parameters
+    ----------
+    batch_size : int, optional
+        Copy tasks per dask task. By default tiny copy tasks are batched (so a
+        dask task moves at least :data:`MIN_BATCH_BYTES` while a stage keeps
+        at least :data:`MIN_BATCHES_PER_STAGE` dask tasks) and others are not.
+    **compute_kwargs
+        Defaults for :func:`dask.compute` in :meth:`execute_plan`, such as
+        ``scheduler="processes"`` or ``scheduler=client``.
+
+    Notes
+    -----
+    Schedulers that run tasks in other processes (``"processes"``, a
+    ``distributed.Client``) cannot see an in-memory store: :meth:`execute_plan`
+    refuses them up front, and a task that finds itself in another process
+    than the one that built the plan raises ``ValueError`` instead of writing
+    to a copy of the store (this also covers plans embedded in user graphs).
+    """
+
+    def __init__(self, batch_size: int | None = None, **compute_kwargs: Any) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be a positive integer")
+        self.batch_size = batch_size
+        self.compute_kwargs = compute_kwargs
+        # The specs of plans built here that touch in-memory stores, by plan key.
+        self._in_memory: dict[str, tuple[StagedCopySpec, ...]] = {}
+
+    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
+        """Return a ``dask.delayed.Delayed`` that runs ``specs`` and then cleans up."""
+        import_engine("dask", "dask")  # first: the package itself may be missing
+        delayed = import_engine("dask.delayed", "dask")
+        task_spec = import_engine("dask.task_spec", "dask")
+        Task, TaskRef = task_spec.Task, task_spec.TaskRef
+
+        specs = tuple(specs)
+        token = uuid.uuid4().hex
+        copy_name, barrier_name = f"rechunk-copy-{token}", f"rechunk-barrier-{token}"
+        graph: dict[Any, Any] = {}
+        last_barriers: list[Any] = []
+        for s, spec in enumerate(specs):
+            after: tuple[Any, ...] = ()
+            for k, stage in enumerate(spec.stages):
+                origin = _this_process() if _in_memory(stage) else None
+                size = self.batch_size or _auto_batch_size(stage)
+                copies = []
+                for b, start in enumerate(range(0, stage.num_tasks, size)):
+                    key = (copy_name, s, k, b)
+                    stop = min(start + size, stage.num_tasks)
+                    graph[key] = Task(key, _copy_batch, stage, start, stop, origin, *after)
+                    copies.append(TaskRef(key))
+                barrier = (barrier_name, s, k)
+                graph[barrier] = Task(barrier, _barrier, *copies)
+                after = (TaskRef(barrier),)
+            last_barriers.extend(after)
+        final = f"rechunk-finish-{token}"
+        graph[final] = Task(final, _finish, specs, *last_barriers)
+        if any(_in_memory(stage) for spec in specs for stage in spec.stages):
+            self._in_memory[final] = specs
+        return delayed.Delayed(final, graph)
+
+    def execute_plan(self, plan: Any, **kwargs: Any) -> None:
+        """Run ``plan`` with ``dask.compute(plan, **kwargs)``.
+
+        Keyword arguments (``scheduler=``, ...) override those given to the
+        executor.
+
+        Raises
+        ------
+        ValueError
+            If the scheduler runs tasks in other processes and the plan
+            touches an in-memory store.
+        """
+        dask = import_engine("dask", "dask")
+        kwargs = {**self.compute_kwargs, **kwargs}
+        specs = self._in_memory.get(plan.key)
+        if specs and _uses_other_processes(kwargs.get("scheduler")):
+            refuse_in_memory(specs, "dask")
+        dask.compute(plan, **kwargs)
+
+
+def _auto_batch_size(stage: CopySpec) -> int:
+    """Copy tasks per dask task for ``stage`` when the user did not choose.
+
+    >>> from types import SimpleNamespace as NS
+    >>> import numpy as np
+    >>> big = NS(task_chunks=(1000, 1000), source=NS(dtype=np.dtype("f8")), num_tasks=50)
+    >>> tiny = NS(task_chunks=(10, 10), source=NS(dtype=np.dtype("f8")), num_tasks=10**5)
+    >>> _auto_batch_size(big), _auto_batch_size(tiny)
+    (1, 100)
+    """
+    task_bytes = math.prod(stage.task_chunks) * stage.source.dtype.itemsize
+    by_bytes = MIN_BATCH_BYTES // max(task_bytes, 1)
+    return max(1, min(by_bytes, stage.num_tasks // MIN_BATCHES_PER_STAGE))
+
+
+def _in_memory(stage: CopySpec) -> bool:
+    locations = (getattr(ref, "location", None) for ref in (stage.source, stage.target))
+    return any(location is not None and location.in_memory for location in locations)
+
+
+def _this_process() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+def _uses_other_processes(scheduler: Any) -> bool:
+    """Whether ``dask.compute(..., scheduler=scheduler)`` runs tasks in other processes.
+
+    Any ``distributed.Client`` counts, even one of an in-process cluster.
+    """
+    if isinstance(scheduler, ProcessPoolExecutor):
+        return True
+    base = import_engine("dask.base", "dask")
+    multiprocessing = import_engine("dask.multiprocessing", "dask")
+    get = base.get_scheduler(scheduler=scheduler)
+    owner = getattr(get, "__self__", None)
+    return get is multiprocessing.get or type(owner).__name__ == "Client"
+
+
+# The functions dask runs. Extra positional arguments are the keys a task waits
+# for; their values are ignored.
+
+
+def _copy_batch(
+    stage: CopySpec, start: int, stop: int, origin: tuple[str, int] | None, *after: Any
+) -> int:
+    if origin is not None and origin != _this_process():
+        refuse_in_memory([StagedCopySpec((stage,))], "dask")
+    return copy_tasks(stage, range(start, stop))
+
+
+def _barrier(*copied: int) -> int:
+    return sum(copied)
+
+
+def _finish(specs: tuple[StagedCopySpec, ...], *after: Any) -> None:
+    finish(specs)

@@ -1,0 +1,145 @@
+"""Prefect 3: the plan is a flow that runs the stages in order when called.
+
+Within a stage (a round: stage ``k`` of every array, see
+:func:`rechunker_core.copy.stages_in_order`) the copy tasks are cut into
+contiguous batches, and each batch is one Prefect task run submitted to the
+flow's task runner; the flow waits for every batch of a stage before it
+submits the next stage. A last task run deletes the intermediates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from executors import import_engine, refuse_in_memory
+from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.spec import CopySpec, StagedCopySpec
+
+__all__ = ["PrefectExecutor"]
+
+#: With ``batch_size=None`` a stage becomes at most this many task runs: Prefect
+#: spends milliseconds on each run (more with a server), so a plan of 10**5
+#: copy tasks must not become 10**5 runs.
+MAX_RUNS_PER_STAGE = 500
+
+
+class PrefectExecutor:
+    """Builds a Prefect 3 flow that runs the copy tasks in batches.
+
+    Parameters
+    ----------
+    task_runner : prefect.task_runners.TaskRunner, optional
+        Where task runs execute. Defaults to a ``ThreadPoolTaskRunner`` with
+        one thread per CPU (Prefect's own default has no bound, and every
+        thread may hold ``max_mem`` of data). A ``DaskTaskRunner`` from
+        ``prefect-dask`` runs them on a dask cluster.
+    batch_size : int, optional
+        Copy tasks per task run. By default each copy task is a run, except
+        that a stage becomes at most :data:`MAX_RUNS_PER_STAGE` runs (of
+        consecutive tasks, in batches of nearly equal size).
+    retries : int
+        Prefect retries of a failed batch (a batch may safely run again: every
+        copy task rewrites whole chunks).
+    retry_delay_seconds : float
+        Wait before each retry.
+    flow_name : str
+        The flow's name in the Prefect UI.
+
+    Notes
+    -----
+    A task runner other than ``ThreadPoolTaskRunner`` may run tasks in other
+    processes; the flow then refuses in-memory stores with ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        task_runner: Any | None = None,
+        batch_size: int | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 1.0,
+        flow_name: str = "rechunk",
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be a positive integer")
+        self.task_runner = task_runner
+        self.batch_size = batch_size
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.flow_name = flow_name
+
+    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
+        """Return a Prefect flow that runs ``specs`` when called with no arguments."""
+        prefect = import_engine("prefect", "prefect")
+        from prefect.cache_policies import NO_CACHE
+        from prefect.context import FlowRunContext
+        from prefect.task_runners import ThreadPoolTaskRunner
+        from prefect.utilities.annotations import quote
+
+        specs = tuple(specs)
+        options: dict[str, Any] = {
+            "cache_policy": NO_CACHE,
+            "persist_result": False,
+            "retries": self.retries,
+            "retry_delay_seconds": self.retry_delay_seconds,
+        }
+        copy = prefect.task(
+            _copy_batch,
+            name="copy",
+            task_run_name="stage {stage_number}: tasks {start}-{stop}",
+            **options,
+        )
+        cleanup = prefect.task(_finish, name="finish", **options)
+        batch_size = self.batch_size
+
+        def rechunk() -> None:
+            context = FlowRunContext.get()
+            if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
+                refuse_in_memory(specs, "prefect")
+            for k, round_ in enumerate(stages_in_order(specs)):
+                futures = [
+                    copy.submit(quote(stage), start, stop, k)
+                    for stage in round_
+                    for start, stop in _batches(stage, batch_size)
+                ]
+                for future in futures:
+                    future.result()
+            cleanup.submit(quote(specs)).result()
+
+        runner = self.task_runner or ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
+        return prefect.flow(
+            rechunk, name=self.flow_name, task_runner=runner, validate_parameters=False
+        )
+
+    def execute_plan(self, plan: Any, **kwargs: Any) -> None:
+        """Run the flow; ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...)."""
+        (plan.with_options(**kwargs) if kwargs else plan)()
+
+
+def _batches(stage: CopySpec, batch_size: int | None) -> list[tuple[int, int]]:
+    """Cut the tasks of ``stage`` into contiguous ``(start, stop)`` ranges.
+
+    >>> from types import SimpleNamespace as NS
+    >>> _batches(NS(num_tasks=5), 2)
+    [(0, 2), (2, 4), (4, 5)]
+    >>> _batches(NS(num_tasks=10**5), None)[:2]  # MAX_RUNS_PER_STAGE runs
+    [(0, 200), (200, 400)]
+    """
+    n = stage.num_tasks
+    if batch_size is None:
+        runs = min(n, MAX_RUNS_PER_STAGE)
+        return [(i * n // runs, (i + 1) * n // runs) for i in range(runs)]
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+# The functions Prefect runs.
+
+
+def _copy_batch(stage: CopySpec, start: int, stop: int, stage_number: int) -> int:
+    # ``stage_number`` only names the task run in the UI.
+    return copy_tasks(stage, range(start, stop))
+
+
+def _finish(specs: tuple[StagedCopySpec, ...]) -> None:
+    finish(specs)

@@ -1,0 +1,93 @@
+"""The Beam executor: a PTransform in users' pipelines, barriers, refusals.
+
+The shared suite runs it on the DirectRunner in multi_threading and
+multi_processing modes; these tests cover what is particular to Beam.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from zarr.storage import MemoryStore
+
+from executors.beam import BeamExecutor
+from rechunker_core import rechunk
+from tests.conftest import ArrayFactory, assert_same_array
+from tests.executors.conftest import Recorded
+
+beam = pytest.importorskip("apache_beam")
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
+
+THREADS = {"direct_running_mode": "multi_threading", "direct_num_workers": 2}
+
+
+def test_plan_in_a_users_pipeline(recorded: Recorded) -> None:
+    plan = BeamExecutor().prepare_plan([recorded.spec])
+    assert isinstance(plan, beam.PTransform)
+    with beam.Pipeline(options=PipelineOptions(flags=[], **THREADS)) as pipeline:
+        done = pipeline | plan
+        squares = pipeline | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x)
+        assert_that(done, equal_to([None]), label="plan done")
+        assert_that(squares, equal_to([1, 4, 9]), label="other work done")
+    recorded.check()
+    assert not recorded.spec.stages[0].target.location.exists()
+
+
+def test_each_stage_waits_for_the_previous_barrier(recorded: Recorded) -> None:
+    pipeline = beam.Pipeline(options=PipelineOptions(flags=[]))
+    _ = pipeline | BeamExecutor().prepare_plan([recorded.spec, recorded.spec])
+    applied = {}
+
+    class Collect(beam.pipeline.PipelineVisitor):  # type: ignore[misc]
+        def visit_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+            applied[node.full_label] = node
+
+        def enter_composite_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+            applied[node.full_label] = node
+
+    pipeline.visit(Collect())
+    # Each side input's producer, named by the step of the plan it belongs to.
+    side_inputs = {
+        label: [
+            "/".join(side.pvalue.producer.full_label.split("/")[:2]) for side in node.side_inputs
+        ]
+        for label, node in applied.items()
+        if label.startswith("Rechunk/") and label.count("/") == 1
+    }
+    assert side_inputs == {
+        "Rechunk/Seed": [],
+        "Rechunk/Stage 0: tasks": [],
+        "Rechunk/Stage 0: spread": [],
+        "Rechunk/Stage 0: copy": [],
+        "Rechunk/Stage 0: barrier": [],
+        "Rechunk/Stage 1: tasks": ["Rechunk/Stage 0: barrier"],
+        "Rechunk/Stage 1: spread": [],
+        "Rechunk/Stage 1: copy": [],
+        "Rechunk/Stage 1: barrier": [],
+        "Rechunk/Finish": ["Rechunk/Stage 1: barrier"],
+    }
+
+
+def test_execute_takes_options_and_runner(tmp_path: Path, make_array: ArrayFactory) -> None:
+    source = make_array(tmp_path / "s.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    rechunked = rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    options = PipelineOptions(flags=[], direct_running_mode="in_memory")
+    target = rechunked.execute(options=options, runner="DirectRunner")
+    assert_same_array(target, source)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["source", "target", "url"])
+def test_refuses_in_memory_stores_on_every_runner(
+    tmp_path: Path, make_array: ArrayFactory, where: str
+) -> None:
+    """Beam runs unpickled copies of the specs even in one process: writes to a
+    MemoryStore there would be lost, so rechunk() refuses before the run."""
+    on_disk = make_array(tmp_path / "s.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    source = make_array(MemoryStore(), (41, 37), (41, 1)) if where == "source" else on_disk
+    target = {"source": str(tmp_path / "t.zarr"), "target": MemoryStore()}.get(
+        where, "memory://rechunker-core-beam/t.zarr"
+    )
+    with pytest.raises(ValueError, match="in-memory store"):
+        rechunk(source, (10, 37), "1MB", target, executor="beam")

@@ -1,0 +1,172 @@
+"""The dask executor: graph shape, embedding in user graphs, batching, refusals.
+
+The shared suite (test_suite.py) runs it on the sync, threads, processes and
+distributed schedulers; these tests cover what is particular to dask.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+import zarr
+from zarr.storage import MemoryStore
+
+from executors.dask import DaskExecutor
+from rechunker_core import CopySpec, StagedCopySpec, rechunk
+from rechunker_core.storage import StoreLocation, ZarrRef
+from tests.conftest import ArrayFactory, GroupFactory, assert_same_array
+from tests.executors.conftest import Recorded
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+from dask.delayed import Delayed  # noqa: E402
+from dask.task_spec import GraphNode  # noqa: E402
+
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (41, 37), (41, 1), (1, 37)
+
+
+def multi_stage(tmp_path: Path, make_array: ArrayFactory, name: str, **kwargs: Any) -> Any:
+    """A two-stage rechunk of a fresh array on disk, planned for dask."""
+    source = make_array(tmp_path / f"{name}-s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = rechunk(
+        source,
+        TARGET_CHUNKS,
+        3000,
+        str(tmp_path / f"{name}-t.zarr"),
+        temp_store=str(tmp_path / f"{name}-tmp.zarr"),
+        executor=DaskExecutor(**kwargs),
+    )
+    assert len(rechunked.spec[0].stages) == 2
+    return source, rechunked
+
+
+def test_graph_has_one_task_per_copy_and_a_barrier_per_stage(
+    tmp_path: Path, make_group: GroupFactory
+) -> None:
+    source = make_group(tmp_path / "s.zarr")
+    rechunked = rechunk(
+        source,
+        {"temp": (1, 45), "sub/mask": (9, 1, 5)},
+        2500,
+        str(tmp_path / "t.zarr"),
+        temp_store=str(tmp_path / "tmp.zarr"),
+        executor="dask",
+    )
+    specs, plan = rechunked.spec, rechunked.plan
+    assert isinstance(plan, Delayed)
+    graph = dict(plan.__dask_graph__())
+    assert all(isinstance(node, GraphNode) for node in graph.values())
+    copies = {k: v for k, v in graph.items() if isinstance(k, tuple) and "copy" in k[0]}
+    barriers = {k: v for k, v in graph.items() if isinstance(k, tuple) and "barrier" in k[0]}
+    assert len(copies) == sum(spec.num_tasks for spec in specs)
+    assert sorted((s, k) for _, s, k in barriers) == sorted(
+        (s, k) for s, spec in enumerate(specs) for k in range(len(spec.stages))
+    )
+    for (_, s, k, _), node in copies.items():
+        expected = {key for key in barriers if key[1:] == (s, k - 1)}
+        assert set(node.dependencies) == expected
+    for (_, s, k), node in barriers.items():
+        assert set(node.dependencies) == {key for key in copies if key[1:3] == (s, k)}
+    last = {key for key in barriers if key[2] == len(specs[key[1]].stages) - 1}
+    assert set(graph[plan.key].dependencies) == last
+    assert set(graph) == {*copies, *barriers, plan.key}
+
+    dask.compute(plan, scheduler="sync")
+    target = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
+    for name in ("temp", "sub/mask"):
+        assert_same_array(target[name], source[name])
+    assert not (tmp_path / "tmp.zarr").exists()
+
+
+def test_stages_run_in_order(recorded: Recorded) -> None:
+    plan = DaskExecutor().prepare_plan([recorded.spec])
+    DaskExecutor().execute_plan(plan, scheduler="threads", num_workers=4)
+    recorded.check()
+    assert not recorded.spec.stages[0].target.location.exists()
+
+
+def test_compute_with_another_collection(tmp_path: Path, make_array: ArrayFactory) -> None:
+    source, rechunked = multi_stage(tmp_path, make_array, "a")
+    other = da.arange(100, chunks=10).sum()
+    done, total = dask.compute(rechunked.plan, other, scheduler="threads")
+    assert done is None
+    assert total == 4950
+    assert_same_array(rechunked.target, source)
+    assert not (tmp_path / "a-tmp.zarr").exists()
+
+
+def test_several_plans_in_one_compute(tmp_path: Path, make_array: ArrayFactory) -> None:
+    runs = [multi_stage(tmp_path, make_array, name) for name in "abc"]
+    dask.compute(*[rechunked.plan for _, rechunked in runs], scheduler="threads")
+    for source, rechunked in runs:
+        assert_same_array(rechunked.target, source)
+    assert not any(tmp_path.glob("*-tmp.zarr"))
+
+
+def test_batch_size(tmp_path: Path, make_array: ArrayFactory) -> None:
+    source, rechunked = multi_stage(tmp_path, make_array, "a", batch_size=4)
+    (spec,) = rechunked.spec
+    copies = [k for k in rechunked.plan.__dask_graph__() if isinstance(k, tuple) and len(k) == 4]
+    assert len(copies) == sum(-(-stage.num_tasks // 4) for stage in spec.stages)
+    rechunked.execute(scheduler="sync")
+    assert_same_array(rechunked.target, source)
+    with pytest.raises(ValueError, match="batch_size"):
+        DaskExecutor(batch_size=0)
+
+
+def test_builds_a_large_graph(tmp_path: Path) -> None:
+    """10**5 tasks: every one in the graph (the benchmark times this)."""
+    n = 10**5
+    refs = [
+        ZarrRef(StoreLocation(str(tmp_path / name)), (n,), np.dtype("u1"), (1,), (1,))
+        for name in ("a", "b")
+    ]
+    spec = StagedCopySpec((CopySpec(refs[0], refs[1], (1,)),))
+    plan = DaskExecutor(batch_size=1).prepare_plan([spec])
+    assert len(plan.__dask_graph__()) == n + 2
+
+
+def test_processes_refuse_in_memory_stores(make_array: ArrayFactory) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4", fill_value=-1)
+    rechunked = rechunk(source, (10, 37), "1MB", MemoryStore(), executor="dask")
+    with pytest.raises(ValueError, match="in-memory store"):
+        rechunked.execute(scheduler="processes")
+    # Embedded in a user's graph, the tasks themselves notice the other process.
+    with pytest.raises(ValueError, match="in-memory store"):
+        dask.compute(rechunked.plan, scheduler="processes", num_workers=1)
+    assert (rechunked.target[...] == -1).all()
+    rechunked.execute(scheduler="threads")
+    npt.assert_array_equal(rechunked.target[...], source[...])
+
+
+def test_engines_are_imported_lazily() -> None:
+    code = (
+        "import sys, rechunker_core, executors.dask, executors.prefect, executors.beam\n"
+        "loaded = {'dask', 'prefect', 'apache_beam'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "executor", "extra"),
+    [("dask", "dask", "dask"), ("prefect", "prefect", "prefect"), ("apache_beam", "beam", "beam")],
+)
+def test_missing_engine_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+    make_array: ArrayFactory,
+    module: str,
+    executor: str,
+    extra: str,
+) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS)
+    monkeypatch.setitem(sys.modules, module, None)  # what Python does for a missing module
+    with pytest.raises(ImportError, match=rf'pip install "rechunker-core\[{extra}\]"'):
+        rechunk(source, (10, 37), "1MB", MemoryStore(), executor=executor)

@@ -1,0 +1,204 @@
+"""Plans run by independent processes: ``plan --save``, ``run-part``, ``finish``.
+
+:class:`PartsExecutor` runs a plan the way an HPC array job does, one
+``rechunker-core run-part`` process per part of each stage, so the shared
+suite covers this path too (mode ``parts``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+import zarr
+
+from rechunker_core.cli import main, part_tasks, save_plan
+from rechunker_core.copy import stages_in_order
+from rechunker_core.spec import StagedCopySpec
+from tests.conftest import ArrayFactory, GroupFactory, assert_same_array, assert_same_group
+
+CLI = [sys.executable, "-m", "rechunker_core.cli"]
+
+
+def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``rechunker-core ARGS`` in a new process; fail with its stderr if it fails."""
+    done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def run_stages(plan: Path, stages: int, parts: int) -> None:
+    """Run every stage as ``parts`` concurrent ``run-part`` processes."""
+    for stage in range(stages):
+        processes = [
+            subprocess.Popen(
+                [*CLI, *map(str, ("run-part", plan, "--stage", stage, "--part", i, "--of", parts))],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(parts)
+        ]
+        for process in processes:
+            out, err = process.communicate()
+            assert process.returncode == 0, err
+            assert f"stage {stage}, part" in out
+
+
+class PartsExecutor:
+    """Test-only executor: saves the plan as JSON and runs it in subprocesses.
+
+    Parameters
+    ----------
+    directory : Path
+        Where the plan file goes.
+    parts : int
+        Processes per stage.
+    """
+
+    def __init__(self, directory: Path, parts: int = 2) -> None:
+        self.directory = directory
+        self.parts = parts
+
+    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Callable[[], None]:
+        """Return a callable that saves ``specs`` and runs them in subprocesses."""
+        specs = tuple(specs)
+
+        def plan() -> None:
+            path = self.directory / f"plan-{uuid.uuid4().hex}.json"
+            save_plan(specs, path)
+            run_stages(path, len(list(stages_in_order(specs))), self.parts)
+            assert main(["finish", str(path)]) == 0  # in this process: one start-up less
+
+        return plan
+
+    def execute_plan(self, plan: Callable[[], None], **kwargs: Any) -> None:
+        """Run ``plan``."""
+        plan()
+
+
+@pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])
+def test_parts_cover_each_task_once(total: int, parts: int) -> None:
+    from types import SimpleNamespace
+
+    sizes = [total // 3, 0, total - total // 3]
+    round_ = [SimpleNamespace(name=i, num_tasks=n) for i, n in enumerate(sizes)]
+    seen = [
+        (stage.name, task)
+        for part in range(parts)
+        for stage, tasks in part_tasks(round_, part, parts)  # type: ignore[arg-type]
+        for task in tasks
+    ]
+    expected = [(i, task) for i, n in enumerate(sizes) for task in range(n)]
+    assert seen == expected  # in order, so each exactly once
+    counts = [sum(len(t) for _, t in part_tasks(round_, p, parts)) for p in range(parts)]  # type: ignore[arg-type]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
+    """The documented workflow: plan --save, N processes per stage, finish."""
+    source = make_array(tmp_path / "source.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    plan = tmp_path / "plan.json"
+    done = run_cli(
+        "plan", tmp_path / "source.zarr",
+        "--target-chunks", "1,37", "--max-mem", "3000",
+        "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
+        "--save", plan,
+    )  # fmt: skip
+    (spec,) = [StagedCopySpec.from_json(plan.read_text())]
+    stages = len(spec.stages)
+    assert stages >= 2
+    assert f"stages: {stages}" in done.stdout.splitlines()
+    target = zarr.open_array(tmp_path / "target.zarr", mode="r")
+    assert target.chunks == (1, 37)
+    assert not np.any(target[...] == source[...])  # created, not yet written
+
+    run_stages(plan, stages, parts=3)
+    run_cli("finish", plan)
+    assert_same_array(zarr.open_array(tmp_path / "target.zarr", mode="r"), source)
+    assert not (tmp_path / "temp.zarr").exists()
+
+
+def test_group_plan_is_a_json_list(tmp_path: Path, make_group: GroupFactory) -> None:
+    source = make_group(tmp_path / "source.zarr")
+    plan = tmp_path / "plan.json"
+    done = run_cli(
+        "plan", tmp_path / "source.zarr",
+        "--target-chunks", "y=1,x=45,x2=33", "--max-mem", "2500",
+        "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
+        "--save", plan,
+    )  # fmt: skip
+    saved = json.loads(plan.read_text())
+    assert isinstance(saved, list) and len(saved) == 3
+    stages = max(len(item["stages"]) for item in saved)
+    assert stages >= 2
+    assert f"stages: {stages}" in done.stdout.splitlines()
+    run_stages(plan, stages, parts=2)
+    run_cli("finish", plan)
+    assert_same_group(zarr.open_group(tmp_path / "target.zarr", mode="r"), source)
+    assert not (tmp_path / "temp.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run-part", "{plan}", "--stage", "9", "--part", "0", "--of", "2"], "has stages 0 to"),
+        (["run-part", "{plan}", "--stage", "0", "--part", "2", "--of", "2"], "0 <= part < of"),
+        (["run-part", "{plan}", "--stage", "0", "--part", "0", "--of", "0"], "0 <= part < of"),
+        (["run-part", "{missing}", "--stage", "0", "--part", "0", "--of", "1"], "cannot read"),
+        (["finish", "{not_a_plan}"], "is not a plan saved by"),
+        (["run-part", "{plan}", "--stage", "x", "--part", "0", "--of", "1"], "invalid int"),
+        (["plan", "{source}", "--target-chunks", "1,37", "--max-mem", "1MB", "--save", "{new}"],
+         "--save needs --target"),
+        (["plan", "{source}", "--target-chunks", "1,37", "--max-mem", "1MB", "--save", "{new}",
+          "--target", "{memory}"], "in-memory store"),
+        (["plan", "{source}", "--target-chunks", "1,37", "--max-mem", "1MB",
+          "--save", "{missing}/plan.json", "--target", "{new}.zarr"], "no such directory"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_status_2(
+    tmp_path: Path,
+    make_array: ArrayFactory,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    source = make_array(tmp_path / "source.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    plan = tmp_path / "plan.json"
+    assert status_of(["plan", str(tmp_path / "source.zarr"), "--target-chunks", "1,37",
+                      "--max-mem", "1MB", "--target", str(tmp_path / "t.zarr"),
+                      "--save", str(plan)]) == 0  # fmt: skip
+    capsys.readouterr()
+    (tmp_path / "junk.json").write_text('{"stages": 3}')
+    names = {
+        "plan": plan,
+        "missing": tmp_path / "missing.json",
+        "not_a_plan": tmp_path / "junk.json",
+        "source": tmp_path / "source.zarr",
+        "new": tmp_path / "new.json",
+        "memory": f"memory://rechunker-core-cli/{uuid.uuid4().hex}/t.zarr",
+    }
+    assert status_of([a.format(**names) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert err.startswith("rechunker-core")
+    assert not (tmp_path / "new.json").exists() and not (tmp_path / "new.json.zarr").exists()
+    # The failed commands wrote nothing: the target is still as created.
+    npt.assert_array_equal(zarr.open_array(tmp_path / "source.zarr", mode="r")[...], source[...])
+    assert not np.any(zarr.open_array(tmp_path / "t.zarr", mode="r")[...] == source[...])
+
+
+def status_of(argv: list[str]) -> int | str | None:
+    """The exit status of ``rechunker-core ARGV`` run in this process."""
+    try:
+        return main(argv)
+    except SystemExit as exit:  # argparse's own usage errors
+        return exit.code

@@ -17,10 +17,16 @@ from typing import Any, Literal
 import zarr
 
 from executors import Executor, get_executor
-from rechunker_core.algorithm import MemoryModel, Plan, format_bytes, plan_rechunk
+from rechunker_core.algorithm import (
+    MAX_PLAN_STAGES,
+    MemoryModel,
+    Plan,
+    format_bytes,
+    plan_rechunk,
+)
 from rechunker_core.sources import Source, SourceArray, open_source
 from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import StoreLocation, ZarrRef, resolve_location
+from rechunker_core.storage import StoreLocation, ZarrRef, clear_cache, resolve_location
 
 __all__ = ["Rechunked", "describe_plan", "parse_bytes", "rechunk"]
 
@@ -205,7 +211,12 @@ def _per_array_chunks(source: Source, target_chunks: Any) -> dict[str, Any]:
             f"dimension name, not {target_chunks!r}"
         )
     dims = {d for a in source.arrays for d in (a.dimension_names or ())}
-    if all(k in names for k in target_chunks):
+    # A dimension coordinate shares its dimension's name: {"time": 100} means
+    # the dimension, since an array's own request is a tuple, dict or None.
+    by_dim = all(k in dims and (v is None or isinstance(v, int)) for k, v in target_chunks.items())
+    if not by_dim and all(k in names for k in target_chunks):
+        if source.copies_unnamed:
+            return {name: target_chunks.get(name) for name in names}
         return dict(target_chunks)
     if all(k in dims for k in target_chunks):
         # xarray style: every array takes the sizes of the dimensions it has.
@@ -239,6 +250,7 @@ def _plan_jobs(
     target_options: Mapping[str, Any] | None,
     temp_options: Mapping[str, Any] | None,
     array_name: str | None,
+    temp_available: bool = True,
 ) -> list[ArrayJob]:
     names = [a.name for a in source.arrays]
     shared_target, per_target = _split_options(target_options, names)
@@ -260,6 +272,9 @@ def _plan_jobs(
         )
         given_temp = {**shared_temp, **per_temp.get(array.name, {})}
         tmp_opts = check_options(given_temp, "temp_options", source.option_keys)
+        # The source applied its encoding keys already (see _encoded_source).
+        t_opts = {k: v for k, v in t_opts.items() if k not in source.option_keys}
+        tmp_opts = {k: v for k, v in tmp_opts.items() if k not in source.option_keys}
         if "shards" in tmp_opts:
             raise ValueError(
                 "temp_options may not set 'shards': the planner lays out intermediates"
@@ -277,15 +292,20 @@ def _plan_jobs(
                     f"shards {shards} for {what} must be multiples of its chunks {chunks}"
                 )
             write_chunks = tuple(min(s, n) for s, n in zip(shards, ref.shape))
-        plan = plan_rechunk(
-            ref.shape,
-            ref.dtype.itemsize,
-            ref.read_chunks,
-            write_chunks,
-            max_mem,
-            source_memory=array.memory,
-            memory=MemoryModel(concurrency=int(zarr.config.get("async.concurrency"))),
-        )
+        geometry = (ref.shape, ref.dtype.itemsize, ref.read_chunks, write_chunks, max_mem)
+        models: dict[str, Any] = {
+            "source_memory": array.memory,
+            "memory": MemoryModel(concurrency=int(zarr.config.get("async.concurrency"))),
+        }
+        try:
+            # Without a temp store, a single stage that fits max_mem is the plan
+            # (as in rechunker): intermediates are only required when none fits.
+            stages = MAX_PLAN_STAGES if temp_available else 1
+            plan = plan_rechunk(*geometry, max_stages=stages, **models)
+        except ValueError:
+            if temp_available:
+                raise
+            plan = plan_rechunk(*geometry, **models)
         if array.name:
             location = target.child(array.name)
         elif target_is_group:
@@ -325,7 +345,9 @@ def _create_kwargs(
         else:
             kwargs["dimension_names"] = tuple(dims)
     kwargs["attributes"] = attributes
-    if kwargs.get("fill_value") is None:
+    # In format 2 a null fill_value means "no fill value" (xarray reads it so);
+    # dropping it would make zarr store 0.
+    if kwargs.get("fill_value") is None and zarr_format != 2:
         kwargs.pop("fill_value", None)
     return kwargs
 
@@ -345,6 +367,8 @@ def _create_array(
         chunks=chunks,
         **kwargs,
     )
+    # An array this process opened here before (an overwritten target) is stale.
+    clear_cache(location)
     return ZarrRef.from_array(array, location)
 
 
@@ -495,7 +519,7 @@ def rechunk(
         For bad input, before anything is written.
     """
     chosen = get_executor(executor)
-    found = open_source(source)
+    found = _encoded_source(open_source(source), target_options, temp_options)
     memory = parse_bytes(max_mem)
 
     t_opts = dict(target_options or {})
@@ -510,6 +534,7 @@ def rechunk(
         target_options,
         temp_options,
         array_name,
+        temp_available=temp_store is not None,
     )
     temp = _check_locations(
         found, jobs, target, target_is_group, temp_store, temp_options, array_name
@@ -517,6 +542,54 @@ def rechunk(
 
     specs = _create(found, jobs, target, target_is_group, temp, keep_temp)
     return Rechunked(chosen, chosen.prepare_plan(specs), specs, jobs, found, target)
+
+
+def _encoded_source(
+    source: Source,
+    target_options: Mapping[str, Any] | None,
+    temp_options: Mapping[str, Any] | None,
+) -> Source:
+    """Apply the encoding keys of the options (``source.option_keys``) to the source.
+
+    An intermediate holds the same stored values as the target (every stage
+    copies one dtype), so encoding keys in temp_options must agree with the
+    target's; they are accepted because code written for rechunker often
+    passes one dict as both.
+    """
+    if not source.option_keys:
+        return source
+    names = [a.name for a in source.arrays]
+    shared_target, per_target = _split_options(target_options, names)
+    shared_temp, per_temp = _split_options(temp_options, names)
+    encodings = {}
+    for name in names:
+        target = {**shared_target, **per_target.get(name, {})}
+        temp = {**shared_temp, **per_temp.get(name, {})}
+        chosen = {k: v for k, v in target.items() if k in source.option_keys}
+        for key in source.option_keys & temp.keys():
+            if key not in chosen or not _same(chosen[key], temp[key]):
+                raise ValueError(
+                    f"temp_options sets {key}={temp[key]!r} for {name!r} but target_options "
+                    f"{'sets ' + repr(chosen[key]) if key in chosen else 'does not'}: "
+                    "intermediates store the target's encoded values, so encoding keys in "
+                    "temp_options must match target_options"
+                )
+        if chosen:
+            encodings[name] = chosen
+    formats = {
+        opts["zarr_format"]
+        for opts in [shared_target, *per_target.values()]
+        if opts.get("zarr_format") in (2, 3)
+    }
+    fmt = formats.pop() if len(formats) == 1 else source.zarr_format or 3
+    return source.encoded(encodings, fmt)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return a is b
 
 
 def _storage_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -673,7 +746,7 @@ def describe_plan(
     target_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the plan ``rechunk`` would make, as text, without writing anything."""
-    found = open_source(source)
+    found = _encoded_source(open_source(source), target_options, None)
     jobs = _plan_jobs(
         found,
         target_chunks,

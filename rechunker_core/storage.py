@@ -248,7 +248,7 @@ class ZarrRef:
         writer = array.with_config({"write_empty_chunks": True})
         for piece in split_region(region, self.chunks):
             local = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(piece, region))
-            block = np.ascontiguousarray(data[local])
+            block = np.asarray(data[local], order="C")  # ascontiguousarray makes 0-d 1-d
             if skip_empty and _all_fill(block, array.fill_value):
                 continue
             writer[piece] = block

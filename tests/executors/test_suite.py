@@ -1,0 +1,224 @@
+"""The suite every executor runs: one set of cases, parametrized over ``MODES``.
+
+In-process modes get MemoryStores; modes whose tasks run in other processes
+(``in_process=False``) get stores on disk, and must refuse in-memory stores.
+Every target is compared with its source element by element.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy.testing as npt
+import pytest
+import zarr
+from zarr.storage import MemoryStore
+
+from rechunker_core import rechunk
+from tests.conftest import (
+    ArrayFactory,
+    GroupFactory,
+    assert_same_array,
+    assert_same_group,
+    snapshot,
+)
+from tests.executors.executor_modes import MODES, Mode
+
+FORMATS = [2, 3]
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (41, 37), (41, 1), (1, 37)
+#: Small enough that (41, 1) -> (1, 37) needs intermediates.
+MULTI_STAGE_MEM = 3000
+
+Places = Callable[[str], Any]
+
+
+@pytest.fixture(params=MODES, ids=[mode.name for mode in MODES])
+def mode(request: pytest.FixtureRequest) -> Mode:
+    param: Mode = request.param
+    return param
+
+
+@pytest.fixture
+def executor(mode: Mode, request: pytest.FixtureRequest) -> Any:
+    return mode.make(request)
+
+
+@pytest.fixture
+def place(mode: Mode, tmp_path: Path) -> Places:
+    """``place(name)``: a fresh store for the mode (memory, or a directory on disk)."""
+
+    def make(name: str) -> Any:
+        return MemoryStore() if mode.in_process else str(tmp_path / f"{name}.zarr")
+
+    return make
+
+
+def source_array(
+    place: Places, make_array: ArrayFactory, zarr_format: int, **options: Any
+) -> zarr.Array:
+    return make_array(
+        place("source"),
+        SHAPE,
+        SOURCE_CHUNKS,
+        dtype="f4",
+        zarr_format=zarr_format,
+        fill_value=-1.25,
+        attributes={"units": "K", "history": ["made", "by", "a test"]},
+        dimension_names=("time", "space"),
+        **options,
+    )
+
+
+@pytest.mark.parametrize("zarr_format", FORMATS)
+def test_single_stage(
+    executor: Any, place: Places, make_array: ArrayFactory, zarr_format: int
+) -> None:
+    source = source_array(place, make_array, zarr_format)
+    result = rechunk(source, (10, 37), "1MB", place("target"), executor=executor)
+    assert len(result.spec[0].stages) == 1
+    target = result.execute()
+    assert isinstance(target, zarr.Array)
+    assert target.chunks == (10, 37)
+    assert target.metadata.zarr_format == zarr_format
+    assert_same_array(target, source)
+
+
+@pytest.mark.parametrize("zarr_format", FORMATS)
+def test_multi_stage_deletes_intermediates(
+    executor: Any, place: Places, make_array: ArrayFactory, zarr_format: int
+) -> None:
+    source = source_array(place, make_array, zarr_format)
+    temp = place("temp")
+    result = rechunk(
+        source, TARGET_CHUNKS, MULTI_STAGE_MEM, place("target"), temp_store=temp, executor=executor
+    )
+    (spec,) = result.spec
+    assert len(spec.stages) >= 2
+    assert all(ref.location.exists() for ref in spec.intermediates)  # made by rechunk()
+    target = result.execute()
+    assert isinstance(target, zarr.Array)
+    assert target.chunks == TARGET_CHUNKS
+    assert target.metadata.zarr_format == zarr_format
+    assert_same_array(target, source)
+    assert snapshot(temp) == {}
+    assert not any(ref.location.exists() for ref in spec.intermediates)
+
+
+def test_keep_temp_keeps_intermediates(
+    executor: Any, place: Places, make_array: ArrayFactory
+) -> None:
+    source = source_array(place, make_array, 3)
+    temp = place("temp")
+    result = rechunk(
+        source,
+        TARGET_CHUNKS,
+        MULTI_STAGE_MEM,
+        place("target"),
+        temp_store=temp,
+        executor=executor,
+        keep_temp=True,
+    )
+    (spec,) = result.spec
+    assert spec.intermediates
+    target = result.execute()
+    assert isinstance(target, zarr.Array)
+    assert_same_array(target, source)
+    for ref in spec.intermediates:
+        kept = ref.open()
+        assert tuple(kept.chunks) == ref.chunks
+        npt.assert_array_equal(kept[...], source[...])
+
+
+def test_sharded_target(executor: Any, place: Places, make_array: ArrayFactory) -> None:
+    source = source_array(place, make_array, 3)
+    result = rechunk(
+        source,
+        (2, 37),
+        6000,
+        place("target"),
+        target_options={"shards": (6, 37)},
+        temp_store=place("temp"),
+        executor=executor,
+    )
+    last = result.spec[0].stages[-1]
+    assert last.num_tasks > 1  # tasks write different shards, possibly at once
+    target = result.execute()
+    assert isinstance(target, zarr.Array)
+    assert (target.chunks, target.shards) == ((2, 37), (6, 37))
+    assert_same_array(target, source)
+
+
+def test_sharded_source(executor: Any, place: Places, make_array: ArrayFactory) -> None:
+    source = source_array(place, make_array, 3, shards=(41, 4))
+    target = rechunk(
+        source, (7, 37), "1MB", place("target"), temp_store=place("temp"), executor=executor
+    ).execute()
+    assert isinstance(target, zarr.Array)
+    assert target.chunks == (7, 37)
+    assert_same_array(target, source)
+
+
+@pytest.mark.parametrize("zarr_format", FORMATS)
+def test_nested_group(
+    executor: Any, place: Places, make_group: GroupFactory, zarr_format: int
+) -> None:
+    source = make_group(place("source"), zarr_format)
+    temp = place("temp")
+    result = rechunk(
+        source,
+        {"temp": (1, 45), "sub/deeper/counts": (10,), "sub/mask": (9, 1, 5)},
+        2500,
+        place("target"),
+        temp_store=temp,
+        executor=executor,
+    )
+    assert len(result.spec) == 3
+    assert any(len(spec.stages) > 1 for spec in result.spec)
+    target = result.execute()
+    assert isinstance(target, zarr.Group)
+    assert_same_group(target, source)
+    assert target["temp"].chunks == (1, 45)
+    assert target["sub/deeper/counts"].chunks == (10,)
+    assert target["sub/mask"].chunks == (9, 1, 5)
+    assert snapshot(temp) == {}
+
+
+def test_stores_on_disk(
+    executor: Any, tmp_path: Path, make_array: ArrayFactory, make_group: GroupFactory
+) -> None:
+    """Every mode, in-process ones included, works on local paths."""
+    source = make_array(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dimension_names=("a", "b"))
+    target = rechunk(
+        source,
+        TARGET_CHUNKS,
+        MULTI_STAGE_MEM,
+        str(tmp_path / "t.zarr"),
+        temp_store=str(tmp_path / "tmp.zarr"),
+        executor=executor,
+    ).execute()
+    assert isinstance(target, zarr.Array)
+    assert_same_array(target, source)
+    assert not (tmp_path / "tmp.zarr").exists()
+
+
+def test_refuses_in_memory_stores(
+    mode: Mode, executor: Any, tmp_path: Path, make_array: ArrayFactory
+) -> None:
+    if mode.in_process:
+        pytest.skip(f"{mode.name} runs tasks in this process, where memory stores work")
+    disk_source = make_array(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS)
+    memory_source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS)
+    cases = [
+        (memory_source, str(tmp_path / "t1.zarr"), str(tmp_path / "tmp1.zarr")),
+        (disk_source, MemoryStore(), str(tmp_path / "tmp2.zarr")),
+        (disk_source, f"memory://{uuid.uuid4().hex}/t3.zarr", str(tmp_path / "tmp3.zarr")),
+        (disk_source, str(tmp_path / "t4.zarr"), MemoryStore()),
+    ]
+    for source, target, temp in cases:
+        with pytest.raises(ValueError, match="in-memory store"):
+            rechunk(
+                source, TARGET_CHUNKS, MULTI_STAGE_MEM, target, temp_store=temp, executor=executor
+            ).execute()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import inspect
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import zarr
 
 from executors import Executor, get_executor
 from rechunker_core.algorithm import (
-    MAX_PLAN_STAGES,
+    ExcessiveIOWarning,
     MemoryModel,
     Plan,
     format_bytes,
@@ -35,6 +36,9 @@ __all__ = ["Rechunked", "describe_plan", "parse_bytes", "rechunk"]
 TEMP_COMPRESSORS: Any = None
 
 ZarrFormat = Literal[2, 3]
+
+#: Warn when leaving out temp_store makes the estimated work this many times larger.
+_WARN_COST_RATIO = 1.5
 
 _NOT_OPTIONS = {"store", "name", "shape", "chunks", "data", "write_data"}
 _ZARR_OPTIONS = frozenset(inspect.signature(zarr.create_array).parameters) - _NOT_OPTIONS
@@ -297,15 +301,7 @@ def _plan_jobs(
             "source_memory": array.memory,
             "memory": MemoryModel(concurrency=int(zarr.config.get("async.concurrency"))),
         }
-        try:
-            # Without a temp store, a single stage that fits max_mem is the plan
-            # (as in rechunker): intermediates are only required when none fits.
-            stages = MAX_PLAN_STAGES if temp_available else 1
-            plan = plan_rechunk(*geometry, max_stages=stages, **models)
-        except ValueError:
-            if temp_available:
-                raise
-            plan = plan_rechunk(*geometry, **models)
+        plan = _plan_array(geometry, models, temp_available, what)
         if array.name:
             location = target.child(array.name)
         elif target_is_group:
@@ -321,6 +317,36 @@ def _plan_jobs(
     if not jobs:
         raise ValueError(f"target_chunks {target_chunks!r} selects no array of the {source.kind}")
     return jobs
+
+
+def _plan_array(
+    geometry: tuple[Any, ...], models: dict[str, Any], temp_available: bool, what: str
+) -> Plan:
+    """The cheapest plan; without a temp store, the cheapest single stage that fits.
+
+    As in rechunker, intermediates are required only when no single stage fits
+    max_mem. When the single stage costs much more than the best plan, an
+    ExcessiveIOWarning says so, since the user may simply have left out
+    temp_store.
+    """
+    best = plan_rechunk(*geometry, **models)  # raises, naming the least max_mem, if none fits
+    if temp_available or len(best.stages) == 1:
+        return best
+    try:
+        single = plan_rechunk(*geometry, max_stages=1, **models)
+    except ValueError:
+        return best  # _check_locations asks for a temp store
+    if single.seconds > _WARN_COST_RATIO * best.seconds:
+        warnings.warn(
+            ExcessiveIOWarning(
+                f"without temp_store, {what} is rechunked in one stage that decodes each "
+                f"source chunk {single.stages[0].read_amplification:.1f} times; with "
+                f"temp_store the planner would use {len(best.stages)} stages and about "
+                f"{single.seconds / best.seconds:.1f}x less work"
+            ),
+            stacklevel=4,
+        )
+    return single
 
 
 # --------------------------------------------------------------------------

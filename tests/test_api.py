@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import executors
 from executors import BUILTIN_EXECUTORS, registered_executors
 from executors.python import PythonExecutor
 from rechunker_core import Rechunked, api, rechunk
-from rechunker_core.algorithm import MemoryModel, plan_rechunk
+from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_rechunk
 from tests.conftest import (
     ArrayFactory,
     GroupFactory,
@@ -172,6 +173,24 @@ def test_no_temp_store_needed_when_one_stage_fits(make_array: ArrayFactory) -> N
     result = rechunk(source, TARGET_CHUNKS, max_mem, MemoryStore())
     assert len(result.spec[0].stages) == 1
     npt.assert_array_equal(result.execute()[...], source[...])
+
+
+def test_missing_temp_store_warns_when_one_stage_costs_much_more(
+    make_array: ArrayFactory,
+) -> None:
+    """Leaving out temp_store still works, but a costly single stage is announced."""
+    shape, chunks, target_chunks = (120, 30, 60), (5, 30, 60), (120, 5, 5)
+    source = make_array(MemoryStore(), shape, chunks, dtype="f4")
+    with pytest.warns(ExcessiveIOWarning, match=r"decodes each source chunk 18\.0 times"):
+        result = rechunk(source, target_chunks, 800_000, MemoryStore())
+    assert len(result.spec[0].stages) == 1
+    npt.assert_array_equal(result.execute()[...], source[...])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExcessiveIOWarning)
+        staged = rechunk(source, target_chunks, 800_000, MemoryStore(), temp_store=MemoryStore())
+    assert len(staged.spec[0].stages) == 2
+    npt.assert_array_equal(staged.execute()[...], source[...])
 
 
 def test_least_max_mem_is_feasible(make_array: ArrayFactory) -> None:

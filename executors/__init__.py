@@ -10,7 +10,7 @@ whether or not their engine is installed.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -25,7 +25,10 @@ __all__ = [
     "Progress",
     "get_executor",
     "import_engine",
+    "refuse_in_memory",
+    "refuse_in_memory_locations",
     "registered_executors",
+    "shares_memory",
 ]
 
 T = TypeVar("T")
@@ -105,19 +108,39 @@ def import_engine(module: str, extra: str) -> Any:
         ) from error
 
 
-def refuse_in_memory(specs: Sequence[StagedCopySpec], executor: str) -> None:
-    """Raise ValueError if any array of ``specs`` lives in one process's memory.
+def shares_memory(executor: Any) -> bool:
+    """Whether every task of ``executor`` runs in the calling process.
+
+    Executors may set a ``shares_memory`` attribute; without one, True is
+    assumed. When it is False, :func:`rechunker_core.rechunk` refuses
+    in-memory stores before it writes anything.
+    """
+    return bool(getattr(executor, "shares_memory", True))
+
+
+def refuse_in_memory_locations(locations: Iterable[Any], executor: str) -> None:
+    """Raise ValueError if any of ``locations`` (StoreLocation or None) is in memory.
 
     For executors whose tasks run in other processes: writes there would be
     lost, and reads would see only fill values.
     """
-    for spec in specs:
-        for stage in spec.stages:
-            for ref in (stage.source, stage.target):
-                location = getattr(ref, "location", None)
-                if location is not None and location.in_memory:
-                    raise ValueError(
-                        f"the {executor} executor runs tasks in other processes, which cannot "
-                        f"see the in-memory store {location.describe()}; use a local path, "
-                        "a file:// or s3:// URL, or an in-process executor (python, threads)"
-                    )
+    for location in locations:
+        if location is not None and location.in_memory:
+            raise ValueError(
+                f"the {executor} executor runs tasks in other processes, which cannot "
+                f"see the in-memory store {location.describe()}; use a local path, "
+                "a file:// or s3:// URL, or an in-process executor (python, threads)"
+            )
+
+
+def refuse_in_memory(specs: Sequence[StagedCopySpec], executor: str) -> None:
+    """Raise ValueError if any array of ``specs`` lives in one process's memory."""
+    refuse_in_memory_locations(
+        (
+            getattr(ref, "location", None)
+            for spec in specs
+            for stage in spec.stages
+            for ref in (stage.source, stage.target)
+        ),
+        executor,
+    )

@@ -48,9 +48,13 @@ class BeamExecutor:
     in-memory stores with ``ValueError``, whatever the runner.
     """
 
+    #: Beam runs copies of the transforms, so in-memory stores never work.
+    shares_memory = False
+
     def __init__(
         self, options: Any | Mapping[str, Any] | None = None, runner: Any | None = None
     ) -> None:
+        import_engine("apache_beam", "beam")  # fail here, before rechunk() writes anything
         self.options = options
         self.runner = runner
 

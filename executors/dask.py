@@ -69,12 +69,18 @@ class DaskExecutor:
     """
 
     def __init__(self, batch_size: int | None = None, **compute_kwargs: Any) -> None:
+        import_engine("dask", "dask")  # fail here, before rechunk() writes anything
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
         self.batch_size = batch_size
         self.compute_kwargs = compute_kwargs
         # The specs of plans built here that touch in-memory stores, by plan key.
         self._in_memory: dict[str, tuple[StagedCopySpec, ...]] = {}
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether the scheduler given to the executor runs tasks in this process."""
+        return not _uses_other_processes(self.compute_kwargs.get("scheduler"))
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a ``dask.delayed.Delayed`` that runs ``specs`` and then cleans up."""

@@ -61,6 +61,7 @@ class PrefectExecutor:
         retry_delay_seconds: float = 1.0,
         flow_name: str = "rechunk",
     ) -> None:
+        import_engine("prefect", "prefect")  # fail here, before rechunk() writes anything
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
         self.task_runner = task_runner
@@ -68,6 +69,15 @@ class PrefectExecutor:
         self.retries = retries
         self.retry_delay_seconds = retry_delay_seconds
         self.flow_name = flow_name
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether the task runner runs tasks in this process (a thread pool)."""
+        if self.task_runner is None:
+            return True
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return isinstance(self.task_runner, ThreadPoolTaskRunner)
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a Prefect flow that runs ``specs`` when called with no arguments."""

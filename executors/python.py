@@ -21,6 +21,9 @@ class PythonExecutor:
     passed to it (or to :meth:`execute_plan`) to hear of each finished task.
     """
 
+    #: Tasks run in the calling process, so in-memory stores work.
+    shares_memory = True
+
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Plan:
         """Return a callable that runs ``specs``."""
         specs = tuple(specs)

@@ -34,6 +34,9 @@ class ThreadsExecutor:
         Threads in the pool; defaults to the number of CPUs.
     """
 
+    #: Tasks run in the calling process, so in-memory stores work.
+    shares_memory = True
+
     def __init__(self, max_workers: int | None = None) -> None:
         self.max_workers = max_workers or os.cpu_count() or 1
 

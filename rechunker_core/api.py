@@ -12,12 +12,18 @@ import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import zarr
+from zarr.storage import MemoryStore
 
-from executors import Executor, get_executor
+from executors import (
+    Executor,
+    get_executor,
+    refuse_in_memory_locations,
+    shares_memory,
+)
 from rechunker_core.algorithm import (
     ExcessiveIOWarning,
     MemoryModel,
@@ -563,11 +569,47 @@ def rechunk(
         temp_available=temp_store is not None,
     )
     temp = _check_locations(
-        found, jobs, target, target_is_group, temp_store, temp_options, array_name
+        found,
+        jobs,
+        target,
+        target_is_group,
+        temp_store,
+        temp_options,
+        array_name,
+        _storage_options(t_opts),
     )
 
+    if not shares_memory(chosen):
+        locations = [found.location, target, temp[0] if temp else None]
+        refuse_in_memory_locations(locations, type(chosen).__name__)
+    _rehearse(found, jobs, target, target_is_group, temp, keep_temp)
     specs = _create(found, jobs, target, target_is_group, temp, keep_temp)
     return Rechunked(chosen, chosen.prepare_plan(specs), specs, jobs, found, target)
+
+
+def _rehearse(
+    source: Source,
+    jobs: list[ArrayJob],
+    target: StoreLocation,
+    target_is_group: bool,
+    temp: tuple[StoreLocation, bool] | None,
+    keep_temp: bool,
+) -> None:
+    """Create everything once in scratch in-memory stores first.
+
+    zarr itself then rejects bad creation options (shards on a format 2
+    target, a codec that does not fit the dtype, ...) before the real stores
+    are touched, without a list of rules here that would go stale.
+    """
+    targets, temps = MemoryStore(), MemoryStore()
+    _create(
+        source,
+        [replace(job, target=StoreLocation(targets, job.target.path)) for job in jobs],
+        StoreLocation(targets, target.path),
+        target_is_group,
+        (StoreLocation(temps, temp[0].path), temp[1]) if temp else None,
+        keep_temp,
+    )
 
 
 def _encoded_source(
@@ -632,6 +674,7 @@ def _check_locations(
     temp_store: Any,
     temp_options: Mapping[str, Any] | None,
     array_name: str | None,
+    target_storage_options: Mapping[str, Any],
 ) -> tuple[StoreLocation, bool] | None:
     """Check target and temp; return the temp location (and whether it is a
     user's group) when some array needs intermediates."""
@@ -664,7 +707,9 @@ def _check_locations(
             "array_name is required when temp_store is a zarr.Group and the source is a "
             "single array"
         )
-    temp = resolve_location(temp_store, _storage_options(dict(temp_options or {})))
+    # temp_options default to target_options: so do the temp store's fsspec options.
+    temp_storage = _storage_options(dict(temp_options or {})) or target_storage_options
+    temp = resolve_location(temp_store, temp_storage)
     for other, what in ((source.location, "source"), (target, "target")):
         if other is not None and _overlaps(temp, other):
             raise ValueError(

@@ -415,6 +415,40 @@ def test_bad_input_writes_nothing(
     assert snapshot(tmp_path / "source.zarr") == before
 
 
+ZARR_REJECTS = [
+    ({"target_options": {"zarr_format": 2, "shards": (1, 36)}}, ValueError, "shard"),
+    ({"target_options": {"fill_value": "abc"}}, ValueError, "abc"),
+    ({"temp_options": {"compressors": "not-a-codec"}, "max_mem": 2000}, TypeError, "Codec"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error", "message"), ZARR_REJECTS)
+def test_options_zarr_rejects_write_nothing(
+    tmp_path: Path,
+    disk_source: zarr.Array,
+    changes: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """zarr's own checks run on scratch stores first, so they fail before any real write."""
+    before = snapshot(tmp_path / "source.zarr")
+    with pytest.raises(error, match=message):
+        call(disk_source, tmp_path, **changes)
+    assert snapshot(tmp_path / "target.zarr") == {}
+    assert snapshot(tmp_path / "temp.zarr") == {}
+    assert snapshot(tmp_path / "source.zarr") == before
+
+
+def test_group_with_options_zarr_rejects_writes_nothing(
+    tmp_path: Path, make_group: GroupFactory
+) -> None:
+    """A group's target groups would be written before its arrays: zarr must say no first."""
+    source = make_group(tmp_path / "g.zarr", 3)
+    with pytest.raises((TypeError, ValueError), match="abc"):
+        rechunk(source, None, "1MB", str(tmp_path / "target.zarr"), {"fill_value": "abc"})
+    assert snapshot(tmp_path / "target.zarr") == {}
+
+
 def test_too_small_max_mem_gives_the_minimum(tmp_path: Path, disk_source: zarr.Array) -> None:
     with pytest.raises(ValueError, match=r"needs max_mem >= (\d+) bytes") as info:
         call(disk_source, tmp_path, max_mem=100)

@@ -156,6 +156,28 @@ def test_s3_to_s3_with_temp_on_s3(s3: dict[str, Any], executor: str) -> None:
         zarr.open_array(f"{run}/temp.zarr", mode="r", storage_options=s3)
 
 
+def test_s3_temp_inherits_target_storage_options(s3: dict[str, Any], tmp_path: Path) -> None:
+    """temp_options default to target_options, credentials and endpoint included."""
+    data = sample_data(SHAPE, "f4")
+    source = zarr.create_array(
+        str(tmp_path / "s.zarr"), shape=SHAPE, chunks=SOURCE_CHUNKS, dtype="f4"
+    )
+    source[...] = data
+    run = f"s3://rechunk/inherit-{uuid.uuid4().hex[:8]}"
+    rechunked = rechunk(
+        source,
+        TARGET_CHUNKS,
+        MAX_MEM,
+        f"{run}/target.zarr",
+        target_options={"storage_options": s3},
+        temp_store=f"{run}/temp.zarr",
+    )
+    assert rechunked.spec[0].intermediates[0].location.storage_options == s3
+    rechunked.execute()
+    target = zarr.open_array(f"{run}/target.zarr", mode="r", storage_options=s3)
+    npt.assert_array_equal(target[...], data)
+
+
 def test_s3_target_exists_check_and_overwrite(s3: dict[str, Any], tmp_path: Path) -> None:
     source = zarr.create_array(str(tmp_path / "s.zarr"), shape=(10,), chunks=(2,), dtype="i4")
     source[...] = range(10)

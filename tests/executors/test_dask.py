@@ -161,12 +161,14 @@ def test_engines_are_imported_lazily() -> None:
 )
 def test_missing_engine_names_the_extra(
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     make_array: ArrayFactory,
     module: str,
     executor: str,
     extra: str,
 ) -> None:
-    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS)
+    source = make_array(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS)
     monkeypatch.setitem(sys.modules, module, None)  # what Python does for a missing module
     with pytest.raises(ImportError, match=rf'pip install "rechunker-core\[{extra}\]"'):
-        rechunk(source, (10, 37), "1MB", MemoryStore(), executor=executor)
+        rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor=executor)
+    assert not (tmp_path / "t.zarr").exists()

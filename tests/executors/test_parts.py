@@ -64,6 +64,9 @@ class PartsExecutor:
         Processes per stage.
     """
 
+    #: Every part runs in a process of its own.
+    shares_memory = False
+
     def __init__(self, directory: Path, parts: int = 2) -> None:
         self.directory = directory
         self.parts = parts

@@ -21,7 +21,7 @@ from executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core import StagedCopySpec, rechunk
 from rechunker_core.spec import ArrayRef
 from rechunker_core.storage import Region
-from tests.conftest import ArrayFactory, assert_same_array
+from tests.conftest import ArrayFactory, assert_same_array, snapshot
 from tests.executors.conftest import Recorded
 
 pytest.importorskip("prefect")
@@ -103,7 +103,8 @@ def test_process_pool_refuses_in_memory_stores(make_array: ArrayFactory) -> None
 
     source = make_array(MemoryStore(), (41, 37), (41, 1), dtype="i4", fill_value=-1)
     executor = PrefectExecutor(task_runner=ProcessPoolTaskRunner(max_workers=2))
-    rechunked = rechunk(source, (10, 37), "1MB", MemoryStore(), executor=executor)
+    assert not executor.shares_memory
+    target = MemoryStore()
     with pytest.raises(ValueError, match="in-memory store"):
-        rechunked.execute()
-    assert (rechunked.target[...] == -1).all()
+        rechunk(source, (10, 37), "1MB", target, executor=executor)
+    assert snapshot(target) == {}  # refused before anything was written

@@ -18,6 +18,7 @@ import zarr
 from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
+from rechunker_core.storage import StoreLocation
 from tests.conftest import (
     ArrayFactory,
     GroupFactory,
@@ -218,7 +219,13 @@ def test_refuses_in_memory_stores(
         (disk_source, str(tmp_path / "t4.zarr"), MemoryStore()),
     ]
     for source, target, temp in cases:
+        # Refused by rechunk() itself: before anything is written.
         with pytest.raises(ValueError, match="in-memory store"):
             rechunk(
                 source, TARGET_CHUNKS, MULTI_STAGE_MEM, target, temp_store=temp, executor=executor
-            ).execute()
+            )
+        for store in (target, temp):
+            if isinstance(store, str) and store.startswith("memory://"):
+                assert not StoreLocation(store).exists()
+            else:
+                assert snapshot(store) == {}

@@ -286,15 +286,19 @@ class ZarrRef:
 def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
     """Whether every element of ``block`` equals ``fill_value`` (NaN equals NaN).
 
+    Data chunks rarely start with the fill value, so the first element
+    settles most chunks without reading the rest.
+
     >>> _all_fill(np.array([np.nan, np.nan]), np.nan), _all_fill(np.zeros(2), 1.0)
     (True, False)
+    >>> _all_fill(np.array([1.0, 2.0]), 1.0)
+    False
     """
     fill = np.asarray(fill_value, dtype=block.dtype)
-    return bool(
-        np.array_equal(
-            block, np.broadcast_to(fill, block.shape), equal_nan=block.dtype.kind in "fc"
-        )
-    )
+    equal_nan = block.dtype.kind in "fc"
+    if block.size and not np.array_equal(block.flat[0], fill, equal_nan=equal_nan):
+        return False
+    return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=equal_nan))
 
 
 _cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()

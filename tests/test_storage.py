@@ -214,3 +214,19 @@ def test_zarr_ref_json_round_trip(tmp_path: Path, make_array: ArrayFactory) -> N
     assert ZarrRef.from_dict(found.to_dict()) == found
     with pytest.raises(ValueError, match="JSON"):
         ZarrRef.from_array(array, resolve_location(MemoryStore())).to_dict()
+
+
+@pytest.mark.parametrize("fill_value", [0.0, np.nan])
+def test_write_skips_only_chunks_of_fill_value(fill_value: float) -> None:
+    """Chunks holding only the fill value are not stored, as zarr would; a chunk that
+    merely starts with it is."""
+    store = MemoryStore()
+    array = zarr.create_array(store, shape=(3, 4), chunks=(1, 4), dtype="f8", fill_value=fill_value)
+    ref = ZarrRef.from_array(array, StoreLocation(store))
+    data = np.full((3, 4), fill_value)
+    data[1, 3] = 7.0  # row 1 starts with the fill value but is not empty
+    data[2] = np.arange(4.0)
+    ref.write((slice(0, 3), slice(0, 4)), data)
+    stored = sorted(k for k in snapshot(store) if k.startswith("c/"))
+    assert stored == ["c/1/0", "c/2/0"]
+    npt.assert_array_equal(array[...], data)

@@ -43,6 +43,10 @@ TEMP_COMPRESSORS: Any = None
 
 ZarrFormat = Literal[2, 3]
 
+#: Where intermediates go: (location, whether it is the user's zarr.Group, the
+#: name a lone array's intermediates take in that group).
+TempPlace = tuple[StoreLocation, bool, str]
+
 #: Warn when leaving out temp_store makes the estimated work this many times larger.
 _WARN_COST_RATIO = 1.5
 
@@ -592,7 +596,7 @@ def _rehearse(
     jobs: list[ArrayJob],
     target: StoreLocation,
     target_is_group: bool,
-    temp: tuple[StoreLocation, bool] | None,
+    temp: TempPlace | None,
     keep_temp: bool,
 ) -> None:
     """Create everything once in scratch in-memory stores first.
@@ -607,7 +611,7 @@ def _rehearse(
         [replace(job, target=StoreLocation(targets, job.target.path)) for job in jobs],
         StoreLocation(targets, target.path),
         target_is_group,
-        (StoreLocation(temps, temp[0].path), temp[1]) if temp else None,
+        (StoreLocation(temps, temp[0].path), *temp[1:]) if temp else None,
         keep_temp,
     )
 
@@ -675,7 +679,7 @@ def _check_locations(
     temp_options: Mapping[str, Any] | None,
     array_name: str | None,
     target_storage_options: Mapping[str, Any],
-) -> tuple[StoreLocation, bool] | None:
+) -> TempPlace | None:
     """Check target and temp; return the temp location (and whether it is a
     user's group) when some array needs intermediates."""
     overwrite = all(job.target_options.get("overwrite") for job in jobs)
@@ -722,8 +726,10 @@ def _check_locations(
             f"temp_store {temp.describe()} already holds data; pass an empty location or "
             "temp_options={'overwrite': True}"
         )
-    base = temp.child(array_name) if temp_is_group and not source.is_group and array_name else temp
-    return base, temp_is_group
+    # A lone array's intermediates sit directly in the user's group, named after
+    # it: a subgroup for them would outlive the cleanup.
+    lone_name = array_name if temp_is_group and not source.is_group and array_name else ""
+    return temp, temp_is_group, lone_name
 
 
 def _target_format(source: Source, jobs: list[ArrayJob]) -> ZarrFormat:
@@ -746,7 +752,7 @@ def _create(
     jobs: list[ArrayJob],
     target: StoreLocation,
     target_is_group: bool,
-    temp: tuple[StoreLocation, bool] | None,
+    temp: TempPlace | None,
     keep_temp: bool,
 ) -> tuple[StagedCopySpec, ...]:
     """Create target groups and arrays, and the intermediates; return the specs."""
@@ -767,12 +773,9 @@ def _create(
         cleanup: list[StoreLocation] = []
         for i, chunks in enumerate(job.plan.intermediate_chunks, start=1):
             assert temp is not None
-            base, temp_is_group = temp
-            leaf = (
-                f"{job.array.name.replace('/', '.')}.intermediate{i}"
-                if job.array.name
-                else f"intermediate{i}"
-            )
+            base, temp_is_group, lone_name = temp
+            name = job.array.name or lone_name
+            leaf = f"{name.replace('/', '.')}.intermediate{i}" if name else f"intermediate{i}"
             location = base.child(leaf)
             temp_kwargs = _create_kwargs(job, job.temp_options, fmt)
             temp_kwargs.pop("dtype", None)

@@ -51,6 +51,7 @@ import psutil
 import zarr
 from zarr.codecs import BloscCodec
 
+from executors.prefect import QUIET_SETTINGS
 from rechunker_core import rechunk
 from rechunker_core.api import describe_plan, parse_bytes
 from rechunker_core.storage import clear_cache
@@ -312,17 +313,6 @@ def beam_case(ctx: Context) -> Iterator[RunFn]:
     yield lambda: run_rechunk(ctx, executor, **execute_kwargs)
 
 
-#: Set before prefect is first imported (ENGINE_NOTES.md): quiet and no API logging.
-PREFECT_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_LOGGING_TO_API_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
-}
-
-
 def prepare_prefect_env() -> None:
     """Point PREFECT_HOME at a temp dir and set the quiet settings, unless already set."""
     if "prefect" in sys.modules:
@@ -331,7 +321,7 @@ def prepare_prefect_env() -> None:
         home = tempfile.mkdtemp(prefix="rechunk-bench-prefect-")
         atexit.register(shutil.rmtree, home, ignore_errors=True)
         os.environ["PREFECT_HOME"] = home
-    for key, value in PREFECT_ENV.items():
+    for key, value in QUIET_SETTINGS.items():
         os.environ.setdefault(key, value)
 
 

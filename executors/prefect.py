@@ -17,7 +17,20 @@ from executors import import_engine, refuse_in_memory
 from rechunker_core.copy import copy_tasks, finish, stages_in_order
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
-__all__ = ["PrefectExecutor"]
+__all__ = ["QUIET_SETTINGS", "PrefectExecutor"]
+
+#: Environment settings for quiet, reliable local runs (tests, benchmarks):
+#: no analytics, no logs sent to the API, no server services we do not use.
+#: Set them in ``os.environ`` before prefect is first imported; importing this
+#: module does not import prefect.
+QUIET_SETTINGS: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+}
 
 #: With ``batch_size=None`` a stage becomes at most this many task runs: Prefect
 #: spends milliseconds on each run (more with a server), so a plan of 10**5

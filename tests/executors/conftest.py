@@ -22,21 +22,14 @@ import numpy.testing as npt
 import pytest
 import zarr
 
+from executors.prefect import QUIET_SETTINGS
 from rechunker_core import StagedCopySpec, rechunk
 from rechunker_core.storage import Region, ZarrRef
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="rechunker-core-prefect-")
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_LOGGING_TO_API_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
-    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
-}.items():
-    os.environ[_name] = _value
+os.environ.update(QUIET_SETTINGS)
 
 
 @pytest.fixture(scope="session")

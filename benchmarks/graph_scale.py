@@ -28,8 +28,9 @@ import numpy as np
 import zarr
 
 from executors.dask import DaskExecutor
+from rechunker_core.locations import StoreLocation
 from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import StoreLocation, ZarrRef
+from rechunker_core.storage import ZarrRef
 
 
 def tiny_spec(tasks: int, directory: Path) -> StagedCopySpec:

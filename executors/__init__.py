@@ -79,6 +79,11 @@ def get_executor(executor: str | Executor[Any]) -> Executor[Any]:
     ImportError
         When the executor's engine is not installed; the message names the extra.
     """
+    if isinstance(executor, type):
+        raise ValueError(
+            f"executor={executor.__name__} is a class; pass an instance such as "
+            f"{executor.__name__}() or a registered name such as 'threads'"
+        )
     if not isinstance(executor, str):
         if not isinstance(executor, Executor):
             raise ValueError(

@@ -13,8 +13,8 @@ from typing import Any
 
 from executors import Progress
 from rechunker_core.copy import copy_region, finish, stages_in_order
+from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import Region
 
 __all__ = ["ThreadsExecutor"]
 

@@ -12,11 +12,10 @@ import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import zarr
-from zarr.storage import MemoryStore
 
 from executors import (
     Executor,
@@ -31,9 +30,17 @@ from rechunker_core.algorithm import (
     format_bytes,
     plan_rechunk,
 )
-from rechunker_core.sources import Source, SourceArray, open_source
-from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import StoreLocation, ZarrRef, clear_cache, resolve_location
+from rechunker_core.create import (
+    ArrayJob,
+    Destination,
+    TempPlace,
+    check_places,
+    create_specs,
+    rehearse,
+)
+from rechunker_core.locations import StoreLocation, resolve_location
+from rechunker_core.sources import Source, open_source
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["Rechunked", "describe_plan", "parse_bytes", "rechunk"]
 
@@ -41,14 +48,12 @@ __all__ = ["Rechunked", "describe_plan", "parse_bytes", "rechunk"]
 #: it costs CPU on both passes to save temp space (docs/algorithm.md measures it).
 TEMP_COMPRESSORS: Any = None
 
-ZarrFormat = Literal[2, 3]
-
-#: Where intermediates go: (location, whether it is the user's zarr.Group, the
-#: name a lone array's intermediates take in that group).
-TempPlace = tuple[StoreLocation, bool, str]
-
 #: Warn when leaving out temp_store makes the estimated work this many times larger.
 _WARN_COST_RATIO = 1.5
+
+#: target_options that temp_options do not inherit: the planner lays out
+#: intermediates, and replacing a target never extends to the temp store.
+_NOT_INHERITED = frozenset({"shards", "compressors", "filters", "overwrite"})
 
 _NOT_OPTIONS = {"store", "name", "shape", "chunks", "data", "write_data"}
 _ZARR_OPTIONS = frozenset(inspect.signature(zarr.create_array).parameters) - _NOT_OPTIONS
@@ -81,10 +86,10 @@ def parse_bytes(value: int | str) -> int:
     >>> parse_bytes("256MB"), parse_bytes("1 GiB"), parse_bytes(1000)
     (256000000, 1073741824, 1000)
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         raise ValueError(f"max_mem={value!r} is not a size")
-    if isinstance(value, int):
-        number = value
+    if isinstance(value, int | np.integer):
+        number = int(value)
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
         unit = match.group(2).lower() if match else ""
@@ -150,8 +155,9 @@ def normalize_chunks(
     for value, size, keep in zip(values, shape, current, strict=True):
         if value is None:
             value = keep
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
             raise ValueError(f"chunk size {value!r} for {what} is not an integer")
+        value = int(value)
         if value == -1:
             value = size
         if value < 1:
@@ -183,18 +189,6 @@ def check_options(options: Mapping[str, Any], which: str, extra: frozenset[str])
 # --------------------------------------------------------------------------
 # The job, validated and planned before anything is written
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArrayJob:
-    """One array of a rechunk: where it goes and how."""
-
-    array: SourceArray
-    target: StoreLocation
-    target_chunks: tuple[int, ...]
-    target_options: dict[str, Any]
-    temp_options: dict[str, Any]
-    plan: Plan
 
 
 def _split_options(
@@ -247,14 +241,6 @@ def _per_array_chunks(source: Source, target_chunks: Any) -> dict[str, Any]:
     )
 
 
-def _overlaps(a: StoreLocation, b: StoreLocation) -> bool:
-    """Whether two locations are the same store and one path contains the other."""
-    if a.key[:2] != b.key[:2]:
-        return False
-    pa, pb = a.path.strip("/"), b.path.strip("/")
-    return not pa or not pb or pa == pb or pa.startswith(pb + "/") or pb.startswith(pa + "/")
-
-
 def _plan_jobs(
     source: Source,
     target_chunks: Any,
@@ -294,7 +280,7 @@ def _plan_jobs(
                 "temp_options may not set 'shards': the planner lays out intermediates"
             )
         tmp_opts = {
-            **{k: v for k, v in t_opts.items() if k not in ("shards", "compressors", "filters")},
+            **{k: v for k, v in t_opts.items() if k not in _NOT_INHERITED},
             "compressors": TEMP_COMPRESSORS,
             **tmp_opts,
         }
@@ -360,59 +346,6 @@ def _plan_array(
 
 
 # --------------------------------------------------------------------------
-# Creating arrays
-# --------------------------------------------------------------------------
-
-
-def _create_kwargs(
-    job: ArrayJob, options: dict[str, Any], source_format: int | None
-) -> dict[str, Any]:
-    """zarr.create_array keywords: source metadata, then the user's options."""
-    kwargs: dict[str, Any] = {**job.array.create_options, **options}
-    kwargs.pop("storage_options", None)
-    zarr_format = kwargs.get("zarr_format") or source_format or 3
-    kwargs["zarr_format"] = zarr_format
-    attributes = dict(job.array.attributes)
-    attributes.update(kwargs.pop("attributes", None) or {})
-    dims = kwargs.pop("dimension_names", None) or job.array.dimension_names
-    if dims is not None:
-        if zarr_format == 2:
-            attributes["_ARRAY_DIMENSIONS"] = list(dims)
-        else:
-            kwargs["dimension_names"] = tuple(dims)
-    kwargs["attributes"] = attributes
-    # In format 2 a null fill_value means "no fill value" (xarray reads it so);
-    # dropping it would make zarr store 0.
-    if kwargs.get("fill_value") is None and zarr_format != 2:
-        kwargs.pop("fill_value", None)
-    return kwargs
-
-
-def _create_array(
-    location: StoreLocation,
-    shape: tuple[int, ...],
-    dtype: Any,
-    chunks: tuple[int, ...],
-    kwargs: dict[str, Any],
-) -> ZarrRef:
-    array = zarr.create_array(
-        store=location.open_store(),
-        name=location.path or None,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        **kwargs,
-    )
-    # An array this process opened here before (an overwritten target) is stale.
-    clear_cache(location)
-    return ZarrRef.from_array(array, location)
-
-
-def _target_dtype(job: ArrayJob) -> Any:
-    return job.target_options.get("dtype", job.array.ref.dtype)
-
-
-# --------------------------------------------------------------------------
 # The public API
 # --------------------------------------------------------------------------
 
@@ -443,13 +376,26 @@ class Rechunked:
         self._jobs = tuple(jobs)
         self._source = source
         self._target = target
+        self._executed = False
 
     def execute(self, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
         """Run the plan on its executor and return the target.
 
         Keyword arguments go to the executor's ``execute_plan`` (for example
         ``progress=`` for python and threads).
+
+        Raises
+        ------
+        ValueError
+            When called a second time: the first run deleted the intermediates
+            and released the target; call :func:`rechunk` again instead.
         """
+        if self._executed:
+            raise ValueError(
+                "this Rechunked has already been executed (its intermediates are gone and "
+                "its target is released); call rechunk() again to run another rechunk"
+            )
+        self._executed = True
         self._executor.execute_plan(self.plan, **kwargs)
         return self.target
 
@@ -557,9 +503,9 @@ def rechunk(
     chosen = get_executor(executor)
     found = _encoded_source(open_source(source), target_options, temp_options)
     memory = parse_bytes(max_mem)
-
-    t_opts = dict(target_options or {})
-    target = resolve_location(target_store, _storage_options(t_opts))
+    _check_array_name(array_name)
+    storage = _storage_options(dict(target_options or {}))
+    target = resolve_location(target_store, storage, what="target_store")
     target_is_group = isinstance(target_store, zarr.Group)
     jobs = _plan_jobs(
         found,
@@ -572,48 +518,68 @@ def rechunk(
         array_name,
         temp_available=temp_store is not None,
     )
-    temp = _check_locations(
-        found,
-        jobs,
-        target,
-        target_is_group,
-        temp_store,
-        temp_options,
-        array_name,
-        _storage_options(t_opts),
-    )
-
+    temp = _temp_place(found, jobs, temp_store, temp_options, array_name, storage)
+    overwrite = all(job.target_options.get("overwrite") for job in jobs)
+    dest = Destination(target, target_is_group, overwrite, temp)
+    check_places(found, jobs, dest)
     if not shares_memory(chosen):
-        locations = [found.location, target, temp[0] if temp else None]
+        locations = [found.location, target, temp.base if temp else None]
         refuse_in_memory_locations(locations, type(chosen).__name__)
-    _rehearse(found, jobs, target, target_is_group, temp, keep_temp)
-    specs = _create(found, jobs, target, target_is_group, temp, keep_temp)
-    return Rechunked(chosen, chosen.prepare_plan(specs), specs, jobs, found, target)
+    rehearse(found, jobs, dest)
+    process_bound = not getattr(chosen, "runs_after_exit", False)
+    specs, plan = create_specs(
+        found, jobs, dest, chosen.prepare_plan, keep_temp=keep_temp, process_bound=process_bound
+    )
+    return Rechunked(chosen, plan, specs, jobs, found, target)
 
 
-def _rehearse(
+def _check_array_name(array_name: Any) -> None:
+    """An array name must name an array: not the group itself, nor a way out of it."""
+    if array_name is None:
+        return
+    if not isinstance(array_name, str):
+        raise ValueError(f"array_name={array_name!r} must be a string")
+    parts = array_name.strip("/").split("/")
+    if not array_name.strip("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"array_name={array_name!r} does not name an array inside the group: give a "
+            "name such as 'air' or 'sub/air'"
+        )
+
+
+def _temp_place(
     source: Source,
     jobs: list[ArrayJob],
-    target: StoreLocation,
-    target_is_group: bool,
-    temp: TempPlace | None,
-    keep_temp: bool,
-) -> None:
-    """Create everything once in scratch in-memory stores first.
-
-    zarr itself then rejects bad creation options (shards on a format 2
-    target, a codec that does not fit the dtype, ...) before the real stores
-    are touched, without a list of rules here that would go stale.
-    """
-    targets, temps = MemoryStore(), MemoryStore()
-    _create(
-        source,
-        [replace(job, target=StoreLocation(targets, job.target.path)) for job in jobs],
-        StoreLocation(targets, target.path),
-        target_is_group,
-        (StoreLocation(temps, temp[0].path), *temp[1:]) if temp else None,
-        keep_temp,
-    )
+    temp_store: Any,
+    temp_options: Mapping[str, Any] | None,
+    array_name: str | None,
+    target_storage_options: Mapping[str, Any],
+) -> TempPlace | None:
+    """Where the intermediates go, when some array's plan needs them."""
+    needs_temp = [job for job in jobs if len(job.plan.stages) > 1]
+    if not needs_temp:
+        return None
+    if temp_store is None:
+        job = needs_temp[0]
+        raise ValueError(
+            f"rechunking {job.array.name or 'the source array'} from chunks "
+            f"{job.array.ref.read_chunks} to {job.target_chunks} within max_mem needs an "
+            f"intermediate array ({len(job.plan.stages)} stages); pass temp_store= "
+            "(a path, URL, zarr Store or zarr.Group)"
+        )
+    temp_is_group = isinstance(temp_store, zarr.Group)
+    if temp_is_group and not source.is_group and not array_name:
+        raise ValueError(
+            "array_name is required when temp_store is a zarr.Group and the source is a "
+            "single array"
+        )
+    # temp_options default to target_options: so do the temp store's fsspec options.
+    temp_storage = _storage_options(dict(temp_options or {})) or target_storage_options
+    base = resolve_location(temp_store, temp_storage, what="temp_store")
+    # A lone array's intermediates sit directly in the user's group, named after it.
+    lone_name = array_name if temp_is_group and not source.is_group and array_name else ""
+    overwrite = all(job.temp_options.get("overwrite") for job in jobs)
+    return TempPlace(base, temp_is_group, lone_name, overwrite)
 
 
 def _encoded_source(
@@ -668,149 +634,6 @@ def _storage_options(options: Mapping[str, Any]) -> dict[str, Any]:
     value = options.get("storage_options") or {}
     per_array = [v.get("storage_options") for v in options.values() if isinstance(v, Mapping)]
     return dict(value or next((p for p in per_array if p), {}))
-
-
-def _check_locations(
-    source: Source,
-    jobs: list[ArrayJob],
-    target: StoreLocation,
-    target_is_group: bool,
-    temp_store: Any,
-    temp_options: Mapping[str, Any] | None,
-    array_name: str | None,
-    target_storage_options: Mapping[str, Any],
-) -> TempPlace | None:
-    """Check target and temp; return the temp location (and whether it is a
-    user's group) when some array needs intermediates."""
-    overwrite = all(job.target_options.get("overwrite") for job in jobs)
-    places = [job.target for job in jobs] if target_is_group else [target]
-    for place in places:
-        if not overwrite and place.exists():
-            raise ValueError(
-                f"the target {place.describe()} already holds data; pass "
-                "target_options={'overwrite': True} to replace it"
-            )
-    if source.location is not None and any(_overlaps(source.location, p) for p in places):
-        raise ValueError(
-            f"the target {target.describe()} overlaps the source {source.location.describe()}"
-        )
-    needs_temp = [job for job in jobs if len(job.plan.stages) > 1]
-    if not needs_temp:
-        return None
-    if temp_store is None:
-        job = needs_temp[0]
-        raise ValueError(
-            f"rechunking {job.array.name or 'the source array'} from chunks "
-            f"{job.array.ref.read_chunks} to {job.target_chunks} within max_mem needs an "
-            f"intermediate array ({len(job.plan.stages)} stages); pass temp_store= "
-            "(a path, URL, zarr Store or zarr.Group)"
-        )
-    temp_is_group = isinstance(temp_store, zarr.Group)
-    if temp_is_group and not source.is_group and not array_name:
-        raise ValueError(
-            "array_name is required when temp_store is a zarr.Group and the source is a "
-            "single array"
-        )
-    # temp_options default to target_options: so do the temp store's fsspec options.
-    temp_storage = _storage_options(dict(temp_options or {})) or target_storage_options
-    temp = resolve_location(temp_store, temp_storage)
-    for other, what in ((source.location, "source"), (target, "target")):
-        if other is not None and _overlaps(temp, other):
-            raise ValueError(
-                f"temp_store {temp.describe()} is the same place as the {what} "
-                f"{other.describe()}; give the intermediates a store of their own"
-            )
-    overwrite_temp = all(job.temp_options.get("overwrite") for job in jobs)
-    if not temp_is_group and not overwrite_temp and temp.exists():
-        raise ValueError(
-            f"temp_store {temp.describe()} already holds data; pass an empty location or "
-            "temp_options={'overwrite': True}"
-        )
-    # A lone array's intermediates sit directly in the user's group, named after
-    # it: a subgroup for them would outlive the cleanup.
-    lone_name = array_name if temp_is_group and not source.is_group and array_name else ""
-    return temp, temp_is_group, lone_name
-
-
-def _target_format(source: Source, jobs: list[ArrayJob]) -> ZarrFormat:
-    """The source's zarr format unless target_options set one; else zarr's default, 3."""
-    chosen = {
-        job.target_options["zarr_format"] for job in jobs if "zarr_format" in job.target_options
-    }
-    if len(chosen) > 1:
-        raise ValueError(f"target_options set different zarr_format values {sorted(chosen)}")
-    fmt = chosen.pop() if chosen else source.zarr_format or 3
-    if fmt == 2:
-        return 2
-    if fmt == 3:
-        return 3
-    raise ValueError(f"zarr_format={fmt!r} is not supported; use 2 or 3")
-
-
-def _create(
-    source: Source,
-    jobs: list[ArrayJob],
-    target: StoreLocation,
-    target_is_group: bool,
-    temp: TempPlace | None,
-    keep_temp: bool,
-) -> tuple[StagedCopySpec, ...]:
-    """Create target groups and arrays, and the intermediates; return the specs."""
-    fmt = _target_format(source, jobs)
-    overwrite = all(job.target_options.get("overwrite") for job in jobs)
-    if source.is_group:
-        _create_groups(source, target, fmt, overwrite and not target_is_group)
-    specs = []
-    for job in jobs:
-        kwargs = _create_kwargs(job, {**job.target_options, "zarr_format": fmt}, fmt)
-        write = job.plan.stages[-1]
-        kwargs.pop("dtype", None)
-        target_ref = _create_array(
-            job.target, job.array.ref.shape, _target_dtype(job), job.target_chunks, kwargs
-        )
-        assert target_ref.chunks == write.write_chunks, (target_ref.chunks, write.write_chunks)
-        refs: list[Any] = [job.array.ref]
-        cleanup: list[StoreLocation] = []
-        for i, chunks in enumerate(job.plan.intermediate_chunks, start=1):
-            assert temp is not None
-            base, temp_is_group, lone_name = temp
-            name = job.array.name or lone_name
-            leaf = f"{name.replace('/', '.')}.intermediate{i}" if name else f"intermediate{i}"
-            location = base.child(leaf)
-            temp_kwargs = _create_kwargs(job, job.temp_options, fmt)
-            temp_kwargs.pop("dtype", None)
-            temp_kwargs["attributes"] = {}
-            refs.append(
-                _create_array(
-                    location, job.array.ref.shape, job.array.ref.dtype, chunks, temp_kwargs
-                )
-            )
-            if temp_is_group:
-                cleanup.append(location)
-        if temp is not None and not temp[1] and job is jobs[-1] and not keep_temp:
-            cleanup.append(temp[0])
-        refs.append(target_ref)
-        stages = tuple(
-            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
-            for i, stage in enumerate(job.plan.stages)
-        )
-        specs.append(StagedCopySpec(stages, () if keep_temp else tuple(cleanup)))
-    if source.is_group:
-        zarr.consolidate_metadata(target.open_store(), path=target.path, zarr_format=fmt)
-    return tuple(specs)
-
-
-def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat, overwrite: bool) -> None:
-    store = target.open_store()
-    for path, attributes in sorted(source.groups.items()):
-        location = target.child(path)
-        if path == "":
-            group = zarr.open_group(
-                store=store, path=location.path, mode="w" if overwrite else "a", zarr_format=fmt
-            )
-        else:
-            group = zarr.open_group(store=store, path=location.path, mode="a", zarr_format=fmt)
-        group.attrs.update(attributes)
 
 
 def describe_plan(

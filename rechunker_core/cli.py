@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -18,13 +18,11 @@ from typing import Any, NoReturn, TextIO
 import numpy as np
 import zarr
 
-from executors import refuse_in_memory
+from executors.parts import PartsExecutor, finish_plan, load_plan, run_part
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.api import describe_plan, parse_bytes, rechunk
-from rechunker_core.copy import copy_tasks, finish, stages_in_order
-from rechunker_core.spec import CopySpec, StagedCopySpec
 
-__all__ = ["ProgressBar", "load_plan", "main", "parse_target_chunks", "part_tasks", "save_plan"]
+__all__ = ["ProgressBar", "main", "parse_target_chunks"]
 
 
 def parse_target_chunks(text: str) -> tuple[int, ...] | dict[str, int]:
@@ -96,102 +94,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         args.target,
         target_options={"overwrite": True} if args.overwrite else None,
         temp_store=args.temp,
-        temp_options={"overwrite": True} if args.overwrite else None,
-        executor="python",
+        executor=PartsExecutor(args.save, parts=args.parts),
     )
-    save_plan(rechunked.spec, args.save)
     print(rechunked.summary())
-    rounds = list(stages_in_order(rechunked.spec))
-    print(f"saved {args.save}")
+    rounds = rechunked.plan.rounds
+    print(f"saved {args.save} ({args.parts} part(s) per stage)")
     print(f"stages: {len(rounds)}")
     for k, round_ in enumerate(rounds):
         print(f"stage {k}: {sum(stage.num_tasks for stage in round_)} tasks")
     return 0
 
 
-def save_plan(specs: Sequence[StagedCopySpec], path: str | Path) -> None:
-    """Write ``specs`` to ``path`` as JSON, for ``run-part`` and ``finish``.
-
-    One spec is written as :meth:`StagedCopySpec.to_json` gives it; several
-    (a group) as a JSON list of those.
-
-    Raises
-    ------
-    ValueError
-        If an array lives in memory, or in a store that is a Python object:
-        other processes could not reach it.
-    """
-    specs = tuple(specs)
-    refuse_in_memory(specs, "run-part")
-    texts = [spec.to_json() for spec in specs]
-    try:
-        Path(path).write_text(texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]")
-    except OSError as error:
-        raise ValueError(f"cannot write the plan file {path}: {error.strerror}") from error
-
-
-def load_plan(path: str | Path) -> tuple[StagedCopySpec, ...]:
-    """Read the specs :func:`save_plan` wrote.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing or is not a saved plan.
-    """
-    try:
-        data = json.loads(Path(path).read_text())
-        items = data if isinstance(data, list) else [data]
-        specs = tuple(StagedCopySpec.from_json(json.dumps(item)) for item in items)
-    except OSError as error:
-        raise ValueError(f"cannot read the plan file {path}: {error.strerror}") from error
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'") from error
-    if not specs:
-        raise ValueError(f"{path} holds no plan")
-    refuse_in_memory(specs, "run-part")
-    return specs
-
-
-def part_tasks(round_: Sequence[CopySpec], part: int, parts: int) -> list[tuple[CopySpec, range]]:
-    """Return the tasks part ``part`` of ``parts`` runs: contiguous, and together exact.
-
-    The round's tasks are numbered one after another, stage by stage; part
-    ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
-
-    >>> from types import SimpleNamespace as NS
-    >>> a, b = NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)
-    >>> [[(s.name, r) for s, r in part_tasks([a, b], i, 3)] for i in range(3)]
-    [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
-    """
-    total = sum(stage.num_tasks for stage in round_)
-    low, high = part * total // parts, (part + 1) * total // parts
-    tasks, offset = [], 0
-    for stage in round_:
-        start, stop = max(low, offset), min(high, offset + stage.num_tasks)
-        if start < stop:
-            tasks.append((stage, range(start - offset, stop - offset)))
-        offset += stage.num_tasks
-    return tasks
-
-
 def _cmd_run_part(args: argparse.Namespace) -> int:
-    specs = load_plan(args.plan)
-    rounds = list(stages_in_order(specs))
-    if not 0 <= args.stage < len(rounds):
-        raise ValueError(f"--stage {args.stage}: {args.plan} has stages 0 to {len(rounds) - 1}")
-    if args.of < 1 or not 0 <= args.part < args.of:
-        raise ValueError(f"--part {args.part} --of {args.of}: need 0 <= part < of")
-    copied = sum(
-        copy_tasks(stage, tasks)
-        for stage, tasks in part_tasks(rounds[args.stage], args.part, args.of)
-    )
-    print(f"stage {args.stage}, part {args.part} of {args.of}: copied {copied} tasks")
+    plan = load_plan(args.plan)
+    copied = run_part(plan, args.stage, args.part, args.of)
+    print(f"stage {args.stage}, part {args.part} of {plan.parts}: copied {copied} tasks")
     return 0
 
 
 def _cmd_finish(args: argparse.Namespace) -> int:
-    finish(load_plan(args.plan))
-    print("intermediates deleted")
+    finish_plan(load_plan(args.plan))
+    print("every stage complete; intermediates deleted")
     return 0
 
 
@@ -253,9 +176,34 @@ def write_sample(
     return array
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    work = Path(args.dir)
+#: Left in a demo directory, so a later demo knows the directory is its own.
+DEMO_MARKER = ".rechunker-core-demo"
+
+
+def _demo_directory(path: str, overwrite: bool) -> Path:
+    """The demo's directory: new, empty, or holding only an earlier demo's files."""
+    work = Path(path)
+    if not path.strip():
+        raise ValueError("--dir is empty; give a directory for the demo's sample data")
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"--dir {path} is a file, not a directory")
+    own = {DEMO_MARKER, "source.zarr", "target.zarr", "temp.zarr"}
+    names = {p.name for p in work.iterdir()} if work.is_dir() else set()
+    if names and not overwrite and (DEMO_MARKER not in names or names - own):
+        raise ValueError(
+            f"--dir {path} already holds files that the demo did not write; choose a new "
+            "directory, or pass --overwrite to replace its source.zarr, target.zarr and temp.zarr"
+        )
     work.mkdir(parents=True, exist_ok=True)
+    (work / DEMO_MARKER).write_text("sample data written by 'rechunker-core demo'\n")
+    for name in ("source.zarr", "target.zarr", "temp.zarr"):
+        if (work / name).is_dir():
+            shutil.rmtree(work / name)
+    return work
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    work = _demo_directory(args.dir, args.overwrite)
     source_path, target_path, temp_path = (
         work / n for n in ("source.zarr", "target.zarr", "temp.zarr")
     )
@@ -268,9 +216,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         {"time": -1, "lat": 10, "lon": 10},
         args.max_mem,
         str(target_path),
-        target_options={"overwrite": True},
         temp_store=str(temp_path),
-        temp_options={"overwrite": True},
         executor=args.executor,
     )
     print(rechunked.summary())
@@ -313,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PLAN_JSON",
         help="create the target and temp arrays and save the plan for run-part and finish",
     )
+    plan.add_argument(
+        "--parts", type=int, default=1, help="with --save: parts (processes) per stage, e.g. 8"
+    )
     plan.add_argument("--overwrite", action="store_true", help="replace an existing target")
     plan.set_defaults(run=_cmd_plan)
 
@@ -320,11 +269,13 @@ def _parser() -> argparse.ArgumentParser:
     run_part.add_argument("plan", help="the file written by 'plan --save'")
     run_part.add_argument("--stage", type=int, required=True, help="stage number, from 0")
     run_part.add_argument("--part", type=int, required=True, help="part number, from 0")
-    run_part.add_argument("--of", type=int, required=True, help="number of parts")
+    run_part.add_argument(
+        "--of", type=int, help="number of parts (must match the plan's --parts, if given)"
+    )
     run_part.set_defaults(run=_cmd_run_part)
 
     finish_ = sub.add_parser(
-        "finish", help="delete a saved plan's intermediates (after the last stage)"
+        "finish", help="check every stage of a saved plan ran; delete its intermediates"
     )
     finish_.add_argument("plan", help="the file written by 'plan --save'")
     finish_.set_defaults(run=_cmd_finish)
@@ -343,6 +294,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--hours", type=int, default=8760)
     demo.add_argument("--max-mem", type=_max_mem, default="256MB")
     demo.add_argument("--executor", default="threads")
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace source.zarr, target.zarr and temp.zarr in a --dir the demo did not make",
+    )
     demo.set_defaults(run=_cmd_demo)
     return parser
 
@@ -354,14 +310,46 @@ def _max_mem(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+#: How the API names options, and how the command line does.
+_CLI_SPELLINGS = (
+    ("target_options={'overwrite': True}", "--overwrite"),
+    ("temp_options={'overwrite': True}", "--overwrite"),
+    ("pass temp_store=", "pass --temp"),
+    ("target_store", "TARGET"),
+    ("temp_store", "--temp"),
+    ("max_mem", "--max-mem"),
+    ("target_chunks", "--target-chunks"),
+)
+
+
+def cli_message(error: BaseException) -> str:
+    """An error as one line, naming options the way the command line spells them.
+
+    >>> cli_message(ValueError("pass target_options={'overwrite': True}\nto replace it"))
+    'pass --overwrite to replace it'
+    """
+    text = " ".join(str(error).split()) or type(error).__name__
+    for api, cli in _CLI_SPELLINGS:
+        text = text.replace(api, cli)
+    if not isinstance(error, ValueError | TypeError | ImportError):
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Every error is one line on stderr: status 2 for errors, 130 for Ctrl-C.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args)
-    except (ValueError, TypeError, ImportError) as error:
-        print(f"rechunker-core: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("rechunker-core: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        print(f"rechunker-core: error: {cli_message(error)}", file=sys.stderr)
         return 2
     return status
 

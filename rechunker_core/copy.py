@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import zip_longest
 
+from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import Region
+from rechunker_core.storage import remove
 
 __all__ = ["copy_region", "copy_tasks", "finish", "stages_in_order"]
 
@@ -26,10 +27,21 @@ def copy_tasks(stage: CopySpec, tasks: Iterable[int]) -> int:
 
 
 def finish(specs: Iterable[StagedCopySpec]) -> None:
-    """The last step of every plan: delete the intermediates listed for cleanup."""
+    """The last step of every plan: delete the intermediates the run created,
+    then the directories it made for them if they are empty, and release its claims.
+
+    Nothing else is deleted: the specs list only what the run itself created.
+    """
+    specs = tuple(specs)
     for spec in specs:
         for location in spec.cleanup:
-            location.delete()
+            remove(location)
+    for spec in specs:
+        for location in spec.remove_empty:
+            location.remove_if_empty()
+    for spec in specs:
+        for claim in spec.claims:
+            claim.release()
 
 
 def stages_in_order(specs: Sequence[StagedCopySpec]) -> Iterator[list[CopySpec]]:

@@ -21,8 +21,10 @@ import zarr
 from zarr.abc.store import Store
 
 from rechunker_core.algorithm import MemoryModel
+from rechunker_core.geometry import Region
+from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.spec import ArrayRef
-from rechunker_core.storage import Region, StoreLocation, ZarrRef, resolve_location
+from rechunker_core.storage import ZarrRef
 
 if TYPE_CHECKING:
     import dask.array

@@ -11,14 +11,15 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import product
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rechunker_core.storage import Region, StoreLocation, ZarrRef
+from rechunker_core.geometry import Region, region_slices
+from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
+from rechunker_core.storage import ZarrRef
 
-__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec", "region_slices", "split_region"]
+__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec"]
 
 
 @runtime_checkable
@@ -41,36 +42,6 @@ class ArrayRef(Protocol):
     def read_chunks(self) -> tuple[int, ...]: ...
 
     def read(self, region: Region) -> np.ndarray[Any, Any]: ...
-
-
-def split_region(region: Region, chunks: tuple[int, ...]) -> Iterator[Region]:
-    """Yield the chunk-sized pieces of a chunk-aligned ``region``, in C order.
-
-    ``region`` must start on chunk boundaries; the last piece along a
-    dimension ends where the region does.
-
-    >>> list(split_region((slice(0, 4), slice(6, 9)), (2, 3)))
-    [(slice(0, 2, None), slice(6, 9, None)), (slice(2, 4, None), slice(6, 9, None))]
-    """
-    starts = [range(r.start, r.stop, c) for r, c in zip(region, chunks, strict=True)]
-    for corner in product(*starts):
-        yield tuple(
-            slice(start, min(start + c, r.stop))
-            for start, c, r in zip(corner, chunks, region, strict=True)
-        )
-
-
-def region_slices(
-    index: tuple[int, ...], task_chunks: tuple[int, ...], shape: tuple[int, ...]
-) -> Region:
-    """Return the region of the task at grid position ``index``.
-
-    >>> region_slices((1, 2), (4, 3), (6, 7))
-    (slice(4, 6, None), slice(6, 7, None))
-    """
-    return tuple(
-        slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, task_chunks, shape, strict=True)
-    )
 
 
 @dataclass(frozen=True)
@@ -172,12 +143,19 @@ class StagedCopySpec:
     stages : tuple of CopySpec
         Stage ``k + 1`` reads what stage ``k`` wrote.
     cleanup : tuple of StoreLocation
-        Deleted after the last stage succeeds (the intermediates, unless the
-        user asked to keep them).
+        Deleted after the last stage succeeds: the intermediate arrays the run
+        created (none when the user asked to keep them). Never anything else.
+    remove_empty : tuple of StoreLocation
+        Directories the run created for its intermediates, deepest first:
+        removed after the cleanup if nothing else is in them.
+    claims : tuple of Claim
+        The run's claims on its target and intermediates, released last.
     """
 
     stages: tuple[CopySpec, ...]
     cleanup: tuple[StoreLocation, ...] = ()
+    remove_empty: tuple[StoreLocation, ...] = ()
+    claims: tuple[Claim, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -213,7 +191,9 @@ class StagedCopySpec:
         return json.dumps(
             {
                 "stages": [stage.to_dict() for stage in self.stages],
-                "cleanup": [_location_to_dict(loc) for loc in self.cleanup],
+                "cleanup": [location_to_dict(loc) for loc in self.cleanup],
+                "remove_empty": [location_to_dict(loc) for loc in self.remove_empty],
+                "claims": [{**location_to_dict(c.location), "token": c.token} for c in self.claims],
             }
         )
 
@@ -223,17 +203,7 @@ class StagedCopySpec:
         data = json.loads(text)
         return cls(
             tuple(CopySpec.from_dict(stage) for stage in data["stages"]),
-            tuple(
-                StoreLocation(d["store"], d["path"], d["storage_options"]) for d in data["cleanup"]
-            ),
+            tuple(location_from_dict(d) for d in data["cleanup"]),
+            tuple(location_from_dict(d) for d in data.get("remove_empty", ())),
+            tuple(Claim(location_from_dict(d), d["token"]) for d in data.get("claims", ())),
         )
-
-
-def _location_to_dict(location: StoreLocation) -> dict[str, Any]:
-    if not isinstance(location.store, str):
-        raise ValueError(f"cannot save {location.describe()} as JSON: its store is a Python object")
-    return {
-        "store": location.store,
-        "path": location.path,
-        "storage_options": dict(location.storage_options),
-    }

@@ -1,188 +1,31 @@
-"""Where arrays live, and opening them: store locations, array references, an LRU.
+"""Opening arrays: array references and a per-process LRU of open arrays.
 
-A :class:`StoreLocation` names a place in a store (a local path or fsspec URL,
-or a zarr ``Store`` object, plus a path inside it); a :class:`ZarrRef` names a
-zarr array there together with the geometry the planner needs. Both are small
-frozen values that pickle, so specs travel to other processes; arrays are
-opened on first use in each process and kept in a bounded LRU.
+A :class:`ZarrRef` names a zarr array at a
+:class:`~rechunker_core.locations.StoreLocation` together with the geometry
+the planner needs. It is a small frozen value that pickles, so specs travel to
+other processes; arrays are opened on first use in each process and kept in a
+bounded LRU.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.abc.store import Store
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
-__all__ = [
-    "StoreLocation",
-    "ZarrRef",
-    "clear_cache",
-    "open_array",
-    "resolve_location",
-]
+from rechunker_core.geometry import Region, split_region
+from rechunker_core.locations import StoreLocation, location_from_dict, location_to_dict
 
-Region = tuple[slice, ...]
+__all__ = ["ZarrRef", "clear_cache", "open_array", "remove"]
 
 #: Arrays each process keeps open at most (reading ``zarr.json`` again is cheap,
 #: but not free on object stores).
 CACHE_SIZE = 64
-
-
-@dataclass(frozen=True)
-class StoreLocation:
-    """A place in a store: ``store`` (a local path, an fsspec URL or a zarr
-    ``Store``) and a ``path`` inside it.
-
-    Attributes
-    ----------
-    store : str or zarr.abc.store.Store
-    path : str
-        ``""`` for the store root; ``/``-separated.
-    storage_options : dict
-        fsspec options, used when ``store`` is a URL.
-    """
-
-    store: str | Store
-    path: str = ""
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-
-    def child(self, name: str) -> StoreLocation:
-        """Return the location ``name`` below this one.
-
-        >>> StoreLocation("/data/t.zarr", "g").child("a/b").path
-        'g/a/b'
-        """
-        path = "/".join(p for p in (self.path, name.strip("/")) if p)
-        return StoreLocation(self.store, path, self.storage_options)
-
-    @property
-    def in_memory(self) -> bool:
-        """Whether the data lives in this process's memory only."""
-        if isinstance(self.store, str):
-            return self.store.startswith("memory://")
-        return isinstance(self.store, MemoryStore) or (
-            isinstance(self.store, FsspecStore) and "memory" in _protocols(self.store)
-        )
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        """A hashable identity, equal for locations naming the same place."""
-        if isinstance(self.store, str):
-            options = json.dumps(dict(self.storage_options), sort_keys=True, default=str)
-            return ("url", self.store.rstrip("/"), self.path, options)
-        # The cache holds the store while it holds this key, so ids stay unique.
-        return ("object", str(id(self.store)), self.path)
-
-    def describe(self) -> str:
-        """Return a short human-readable name for messages and reprs."""
-        base = self.store if isinstance(self.store, str) else str(self.store)
-        return f"{base.rstrip('/')}/{self.path}" if self.path else base
-
-    def open_store(self, *, read_only: bool = False) -> Store:
-        """Return the zarr store object for this location's store."""
-        if not isinstance(self.store, str):
-            return self.store
-        if "://" not in self.store:
-            return LocalStore(self.store, read_only=read_only)
-        options = dict(self.storage_options)
-        if self.store.startswith("file://"):
-            options.setdefault("auto_mkdir", True)
-        return FsspecStore.from_url(self.store, storage_options=options, read_only=read_only)
-
-    def exists(self) -> bool:
-        """Whether anything (a zarr node or any other object) is stored here."""
-        if isinstance(self.store, str) and "://" not in self.store:
-            full = Path(self.store, self.path)
-            return full.is_file() or (full.is_dir() and any(full.iterdir()))
-        store = self.open_store(read_only=True)
-        return not sync(store.is_empty(self.path))
-
-    def delete(self) -> None:
-        """Delete everything stored at this location."""
-        clear_cache(self)
-        sync(self.open_store().delete_dir(self.path))
-        if isinstance(self.store, str) and "://" not in self.store:
-            full = Path(self.store, self.path)
-            # LocalStore leaves empty directories behind; remove ours.
-            for directory in (full, *full.parents):
-                if directory == Path(self.store).parent or not directory.is_dir():
-                    break
-                if any(directory.iterdir()):
-                    break
-                directory.rmdir()
-
-
-def _protocols(store: FsspecStore) -> tuple[str, ...]:
-    protocol = getattr(store.fs, "protocol", ())
-    if hasattr(store.fs, "sync_fs"):
-        protocol = store.fs.sync_fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
-
-
-def _fsspec_location(store: FsspecStore) -> StoreLocation | None:
-    """The URL and storage options of an fsspec store (None for memory://).
-
-    A URL pickles and saves to JSON, and names the same place as a URL a
-    user passes, so overlapping source, temp and target are detected.
-    """
-    protocols = _protocols(store)
-    if not protocols or "memory" in protocols:
-        return None
-    if "file" in protocols:
-        return StoreLocation(os.path.abspath(store.path), "", {})
-    fs = getattr(store.fs, "sync_fs", store.fs)
-    # zarr adds "asynchronous" itself when it opens a URL.
-    options = {k: v for k, v in fs.storage_options.items() if k != "asynchronous"}
-    return StoreLocation(f"{protocols[0]}://{store.path}", "", options)
-
-
-def resolve_location(
-    store_like: Any, storage_options: Mapping[str, Any] | None = None
-) -> StoreLocation:
-    """Turn what users pass as a store into a :class:`StoreLocation`.
-
-    Accepts a local path (``str`` or ``pathlib.Path``), an fsspec URL, a zarr
-    ``Store`` or a ``zarr.Group``. Local stores become their path, so they pickle
-    and save to JSON as text.
-
-    >>> resolve_location("data/t.zarr").store == os.path.abspath("data/t.zarr")
-    True
-    """
-    options = dict(storage_options or {})
-    if isinstance(store_like, zarr.Group):
-        base = resolve_location(store_like.store, options)
-        return base.child(store_like.path)
-    if isinstance(store_like, Path):
-        store_like = str(store_like)
-    if isinstance(store_like, str):
-        if "://" in store_like and not store_like.startswith("file://"):
-            return StoreLocation(store_like, "", options)
-        if store_like.startswith("file://") and not options:
-            store_like = store_like[len("file://") :]
-        elif store_like.startswith("file://"):
-            return StoreLocation(store_like, "", options)
-        return StoreLocation(os.path.abspath(store_like), "", {})
-    if isinstance(store_like, LocalStore):
-        return StoreLocation(str(store_like.root), "", {})
-    if isinstance(store_like, FsspecStore) and (url := _fsspec_location(store_like)):
-        return url
-    if isinstance(store_like, Store):
-        return StoreLocation(store_like, "", {})
-    raise TypeError(
-        f"unsupported store {store_like!r} of type {type(store_like).__name__}: pass a local "
-        "path, an fsspec URL (memory://, file://, s3://...), a zarr Store or a zarr.Group"
-    )
 
 
 @dataclass(frozen=True)
@@ -241,8 +84,6 @@ class ZarrRef:
         unless the array writes empty chunks, as zarr would: the arrays are
         new, so a skipped chunk reads as the fill value.
         """
-        from rechunker_core.spec import split_region  # spec imports this module
-
         array = self.open("r+")
         skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
         writer = array.with_config({"write_empty_chunks": True})
@@ -255,15 +96,8 @@ class ZarrRef:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description; the store must be a path or URL."""
-        if not isinstance(self.location.store, str):
-            raise ValueError(
-                f"cannot save a reference to an array in {self.location.describe()} as JSON: "
-                "its store is a Python object; use a local path or an fsspec URL"
-            )
         return {
-            "store": self.location.store,
-            "path": self.location.path,
-            "storage_options": dict(self.location.storage_options),
+            **location_to_dict(self.location),
             "shape": list(self.shape),
             "dtype": self.dtype.str,
             "chunks": list(self.chunks),
@@ -273,9 +107,8 @@ class ZarrRef:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ZarrRef:
         """Inverse of :meth:`to_dict`."""
-        location = StoreLocation(data["store"], data["path"], dict(data["storage_options"]))
         return cls(
-            location=location,
+            location=location_from_dict(data),
             shape=tuple(data["shape"]),
             dtype=np.dtype(data["dtype"]),
             chunks=tuple(data["chunks"]),
@@ -284,21 +117,38 @@ class ZarrRef:
 
 
 def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
-    """Whether every element of ``block`` equals ``fill_value`` (NaN equals NaN).
+    """Whether every element of ``block`` is ``fill_value``, bit for bit (as zarr decides).
 
-    Data chunks rarely start with the fill value, so the first element
-    settles most chunks without reading the rest.
+    ``-0.0`` is not ``0.0``: both compare equal as numbers, but a chunk of
+    ``-0.0`` skipped as empty would read back as ``0.0``. Any NaN matches a
+    NaN fill value. Data chunks rarely start with the fill value, so the
+    first element settles most chunks without reading the rest.
 
     >>> _all_fill(np.array([np.nan, np.nan]), np.nan), _all_fill(np.zeros(2), 1.0)
     (True, False)
-    >>> _all_fill(np.array([1.0, 2.0]), 1.0)
-    False
+    >>> _all_fill(np.array([0.0, -0.0]), 0.0), _all_fill(np.array([1.0, 2.0]), 1.0)
+    (False, False)
     """
     fill = np.asarray(fill_value, dtype=block.dtype)
-    equal_nan = block.dtype.kind in "fc"
-    if block.size and not np.array_equal(block.flat[0], fill, equal_nan=equal_nan):
+    if block.dtype.kind in "fc" and np.isnan(fill).any():
+        first = block.flat[:1]
+        if first.size and not np.array_equal(first[0], fill, equal_nan=True):
+            return False
+        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=True))
+    if block.dtype.hasobject or block.dtype.kind in "USV":
+        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape)))
+    bits = np.dtype(f"V{block.dtype.itemsize}")
+    contiguous = np.ascontiguousarray(block)
+    fill_bits = fill.reshape(1).view(bits)[0]
+    if contiguous.size and contiguous.reshape(-1)[:1].view(bits)[0] != fill_bits:
         return False
-    return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=equal_nan))
+    return bool((contiguous.reshape(-1).view(bits) == fill_bits).all())
+
+
+def remove(location: StoreLocation) -> None:
+    """Delete what is stored at ``location`` and forget this process's open copies."""
+    clear_cache(location)
+    location.delete()
 
 
 _cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()

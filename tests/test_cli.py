@@ -108,7 +108,7 @@ BAD_ARGS = [
     (["--target-chunks", "1,x", "--max-mem", "1MB"], "--target-chunks"),
     (["--target-chunks", "1,36", "--max-mem", "lots"], "max_mem='lots' is not a size"),
     (["--target-chunks", "1,36", "--max-mem", "100"], "too small"),
-    (["--target-chunks", "1,36", "--max-mem", "500"], "pass temp_store="),
+    (["--target-chunks", "1,36", "--max-mem", "500"], "pass --temp"),
     (["--target-chunks", "1,36", "--max-mem", "1MB", "--executor", "nope"], "unknown executor"),
     (["--target-chunks", "1,36"], "required: --max-mem"),
 ]

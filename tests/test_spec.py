@@ -17,8 +17,10 @@ from zarr.storage import MemoryStore
 import rechunker_core
 from rechunker_core import rechunk
 from rechunker_core.copy import copy_region
-from rechunker_core.spec import CopySpec, StagedCopySpec, region_slices
-from rechunker_core.storage import StoreLocation, ZarrRef
+from rechunker_core.geometry import region_slices
+from rechunker_core.locations import StoreLocation
+from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.storage import ZarrRef
 from tests.conftest import ArrayFactory
 
 

@@ -13,7 +13,8 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from rechunker_core import storage
-from rechunker_core.storage import StoreLocation, ZarrRef, open_array, resolve_location
+from rechunker_core.locations import StoreLocation, resolve_location
+from rechunker_core.storage import ZarrRef, open_array
 from tests.conftest import ArrayFactory, snapshot
 
 # --------------------------------------------------------------------------
@@ -158,8 +159,9 @@ def test_delete_forgets_open_arrays(tmp_path: Path, make_array: ArrayFactory) ->
     make_array(str(tmp_path / "t.zarr"), (4,), (2,))
     open_array(location)
     assert any(key[:3] == location.key[:3] for key in storage._cache)
-    location.delete()
+    storage.remove(location)
     assert not any(key[:3] == location.key[:3] for key in storage._cache)
+    assert not (tmp_path / "t.zarr").exists()
 
 
 # --------------------------------------------------------------------------

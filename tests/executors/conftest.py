@@ -24,7 +24,8 @@ import zarr
 
 from executors.prefect import QUIET_SETTINGS
 from rechunker_core import StagedCopySpec, rechunk
-from rechunker_core.storage import Region, ZarrRef
+from rechunker_core.geometry import Region
+from rechunker_core.storage import ZarrRef
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="rechunker-core-prefect-")
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)

@@ -72,9 +72,9 @@ def _beam(mode: str) -> Callable[[pytest.FixtureRequest], Any]:
 
 
 def _parts(request: pytest.FixtureRequest) -> Any:
-    from tests.executors.test_parts import PartsExecutor
+    from executors.parts import PartsExecutor
 
-    return PartsExecutor(request.getfixturevalue("tmp_path"), parts=2)
+    return PartsExecutor(request.getfixturevalue("tmp_path") / "plan.json", parts=2)
 
 
 MODES += [

@@ -19,7 +19,8 @@ from zarr.storage import MemoryStore
 
 from executors.dask import DaskExecutor
 from rechunker_core import CopySpec, StagedCopySpec, rechunk
-from rechunker_core.storage import StoreLocation, ZarrRef
+from rechunker_core.locations import StoreLocation
+from rechunker_core.storage import ZarrRef
 from tests.conftest import ArrayFactory, GroupFactory, assert_same_array
 from tests.executors.conftest import Recorded
 

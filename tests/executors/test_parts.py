@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from rechunker_core.cli import main, part_tasks, save_plan
-from rechunker_core.copy import stages_in_order
-from rechunker_core.spec import StagedCopySpec
+from executors.parts import PLAN_FORMAT, load_plan, part_tasks
+from rechunker_core.cli import main
 from tests.conftest import ArrayFactory, GroupFactory, assert_same_array, assert_same_group
 
 CLI = [sys.executable, "-m", "rechunker_core.cli"]
@@ -40,7 +38,7 @@ def run_stages(plan: Path, stages: int, parts: int) -> None:
     for stage in range(stages):
         processes = [
             subprocess.Popen(
-                [*CLI, *map(str, ("run-part", plan, "--stage", stage, "--part", i, "--of", parts))],
+                [*CLI, *map(str, ("run-part", plan, "--stage", stage, "--part", i))],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -51,41 +49,6 @@ def run_stages(plan: Path, stages: int, parts: int) -> None:
             out, err = process.communicate()
             assert process.returncode == 0, err
             assert f"stage {stage}, part" in out
-
-
-class PartsExecutor:
-    """Test-only executor: saves the plan as JSON and runs it in subprocesses.
-
-    Parameters
-    ----------
-    directory : Path
-        Where the plan file goes.
-    parts : int
-        Processes per stage.
-    """
-
-    #: Every part runs in a process of its own.
-    shares_memory = False
-
-    def __init__(self, directory: Path, parts: int = 2) -> None:
-        self.directory = directory
-        self.parts = parts
-
-    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Callable[[], None]:
-        """Return a callable that saves ``specs`` and runs them in subprocesses."""
-        specs = tuple(specs)
-
-        def plan() -> None:
-            path = self.directory / f"plan-{uuid.uuid4().hex}.json"
-            save_plan(specs, path)
-            run_stages(path, len(list(stages_in_order(specs))), self.parts)
-            assert main(["finish", str(path)]) == 0  # in this process: one start-up less
-
-        return plan
-
-    def execute_plan(self, plan: Callable[[], None], **kwargs: Any) -> None:
-        """Run ``plan``."""
-        plan()
 
 
 @pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])
@@ -114,9 +77,9 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
         "plan", tmp_path / "source.zarr",
         "--target-chunks", "1,37", "--max-mem", "3000",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
-        "--save", plan,
+        "--save", plan, "--parts", 3,
     )  # fmt: skip
-    (spec,) = [StagedCopySpec.from_json(plan.read_text())]
+    (spec,) = load_plan(plan).specs
     stages = len(spec.stages)
     assert stages >= 2
     assert f"stages: {stages}" in done.stdout.splitlines()
@@ -130,18 +93,18 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
     assert not (tmp_path / "temp.zarr").exists()
 
 
-def test_group_plan_is_a_json_list(tmp_path: Path, make_group: GroupFactory) -> None:
+def test_group_plan_lists_every_array(tmp_path: Path, make_group: GroupFactory) -> None:
     source = make_group(tmp_path / "source.zarr")
     plan = tmp_path / "plan.json"
     done = run_cli(
         "plan", tmp_path / "source.zarr",
         "--target-chunks", "y=1,x=45,x2=33", "--max-mem", "2500",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
-        "--save", plan,
+        "--save", plan, "--parts", 2,
     )  # fmt: skip
     saved = json.loads(plan.read_text())
-    assert isinstance(saved, list) and len(saved) == 3
-    stages = max(len(item["stages"]) for item in saved)
+    assert saved["format"] == PLAN_FORMAT and saved["parts"] == 2 and len(saved["specs"]) == 3
+    stages = max(len(item["stages"]) for item in saved["specs"])
     assert stages >= 2
     assert f"stages: {stages}" in done.stdout.splitlines()
     run_stages(plan, stages, parts=2)
@@ -154,8 +117,10 @@ def test_group_plan_is_a_json_list(tmp_path: Path, make_group: GroupFactory) -> 
     ("args", "message"),
     [
         (["run-part", "{plan}", "--stage", "9", "--part", "0", "--of", "2"], "has stages 0 to"),
-        (["run-part", "{plan}", "--stage", "0", "--part", "2", "--of", "2"], "0 <= part < of"),
-        (["run-part", "{plan}", "--stage", "0", "--part", "0", "--of", "0"], "0 <= part < of"),
+        (["run-part", "{plan}", "--stage", "0", "--part", "2", "--of", "2"], "saved for 1 parts"),
+        (["run-part", "{plan}", "--stage", "0", "--part", "0", "--of", "0"], "saved for 1 parts"),
+        (["run-part", "{plan}", "--stage", "0", "--part", "1"], "has parts 0 to 0"),
+        (["finish", "{plan}"], "have not finished"),
         (["run-part", "{missing}", "--stage", "0", "--part", "0", "--of", "1"], "cannot read"),
         (["finish", "{not_a_plan}"], "is not a plan saved by"),
         (["run-part", "{plan}", "--stage", "x", "--part", "0", "--of", "1"], "invalid int"),

@@ -19,8 +19,8 @@ from zarr.storage import MemoryStore
 
 from executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core import StagedCopySpec, rechunk
+from rechunker_core.geometry import Region
 from rechunker_core.spec import ArrayRef
-from rechunker_core.storage import Region
 from tests.conftest import ArrayFactory, assert_same_array, snapshot
 from tests.executors.conftest import Recorded
 

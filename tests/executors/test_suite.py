@@ -18,7 +18,7 @@ import zarr
 from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
-from rechunker_core.storage import StoreLocation
+from rechunker_core.locations import StoreLocation
 from tests.conftest import (
     ArrayFactory,
     GroupFactory,

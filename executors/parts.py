@@ -1,0 +1,263 @@
+"""Independent processes (HPC array jobs): a plan saved as JSON, run in parts.
+
+The workflow::
+
+    rechunker-core plan SRC --target T --temp TMP --save plan.json --parts N
+    rechunker-core run-part plan.json --stage 0 --part I      # I = 0 .. N-1, any order
+    rechunker-core run-part plan.json --stage 1 --part I      # after every part of stage 0
+    rechunker-core finish plan.json                           # after every stage
+
+Each part copies a contiguous share of its stage's tasks (:func:`part_tasks`).
+When a part finishes it leaves a marker in ``plan.json.done/``, N small files
+per stage; a part of stage ``k`` refuses to start until every part of stage
+``k - 1`` left its marker, and ``finish`` refuses until every stage is done.
+So a part started too early, a wrong ``--of``, or a missing part stops with a
+clear error instead of leaving fill values in the target.
+
+:class:`PartsExecutor` runs the same workflow from Python, one subprocess per
+part, as a batch system would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from executors import refuse_in_memory
+from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.spec import CopySpec, StagedCopySpec
+
+__all__ = [
+    "PLAN_FORMAT",
+    "PartsExecutor",
+    "SavedPlan",
+    "finish_plan",
+    "load_plan",
+    "part_tasks",
+    "run_part",
+    "save_plan",
+]
+
+#: Names the JSON format of saved plans, so other JSON is recognised as not a plan.
+PLAN_FORMAT = "rechunker-core plan, version 1"
+
+
+class SavedPlan:
+    """A plan file and what it holds.
+
+    Attributes
+    ----------
+    path : Path
+    specs : tuple of StagedCopySpec
+    parts : int
+        How many parts each stage is split into.
+    """
+
+    def __init__(self, path: Path, specs: tuple[StagedCopySpec, ...], parts: int) -> None:
+        self.path = path
+        self.specs = specs
+        self.parts = parts
+
+    @property
+    def rounds(self) -> list[list[CopySpec]]:
+        """The stages of the plan, each a round over every array."""
+        return list(stages_in_order(self.specs))
+
+    def marker(self, stage: int, part: int) -> Path:
+        """The file that says part ``part`` of stage ``stage`` finished."""
+        return self.path.with_name(self.path.name + ".done") / f"stage-{stage}-part-{part}"
+
+    def missing_parts(self, stage: int) -> list[int]:
+        """The parts of ``stage`` that have not finished."""
+        return [i for i in range(self.parts) if not self.marker(stage, i).exists()]
+
+
+def save_plan(specs: Sequence[StagedCopySpec], path: str | Path, parts: int) -> SavedPlan:
+    """Write ``specs`` to ``path`` as JSON, split into ``parts`` parts per stage.
+
+    Raises
+    ------
+    ValueError
+        If ``parts`` is not positive, the file cannot be written, or an array
+        lives in a store other processes cannot reach (memory, Python objects).
+    """
+    if parts < 1:
+        raise ValueError(f"parts={parts} must be a positive integer")
+    specs = tuple(specs)
+    _refuse_in_memory(specs)
+    data = {
+        "format": PLAN_FORMAT,
+        "parts": parts,
+        "specs": [json.loads(spec.to_json()) for spec in specs],
+    }
+    path = Path(path).absolute()
+    try:
+        path.write_text(json.dumps(data))
+    except OSError as error:
+        raise ValueError(f"cannot write the plan file {path}: {error.strerror}") from error
+    return SavedPlan(path, specs, parts)
+
+
+def load_plan(path: str | Path) -> SavedPlan:
+    """Read a plan :func:`save_plan` wrote.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or is not a saved plan.
+    """
+    path = Path(path).absolute()
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read the plan file {path}: {error.strerror}") from error
+    except ValueError as error:
+        raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'") from error
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'")
+    try:
+        specs = tuple(StagedCopySpec.from_json(json.dumps(item)) for item in data["specs"])
+        parts = int(data["parts"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'") from error
+    if not specs:
+        raise ValueError(f"{path} holds no plan")
+    _refuse_in_memory(specs)
+    return SavedPlan(path, specs, parts)
+
+
+def _refuse_in_memory(specs: Sequence[StagedCopySpec]) -> None:
+    refuse_in_memory(specs, "parts")
+
+
+def part_tasks(round_: Sequence[CopySpec], part: int, parts: int) -> list[tuple[CopySpec, range]]:
+    """Return the tasks part ``part`` of ``parts`` runs: contiguous, and together exact.
+
+    The round's tasks are numbered one after another, stage by stage; part
+    ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
+
+    >>> from types import SimpleNamespace as NS
+    >>> a, b = NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)
+    >>> [[(s.name, r) for s, r in part_tasks([a, b], i, 3)] for i in range(3)]
+    [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
+    """
+    total = sum(stage.num_tasks for stage in round_)
+    low, high = part * total // parts, (part + 1) * total // parts
+    tasks, offset = [], 0
+    for stage in round_:
+        start, stop = max(low, offset), min(high, offset + stage.num_tasks)
+        if start < stop:
+            tasks.append((stage, range(start - offset, stop - offset)))
+        offset += stage.num_tasks
+    return tasks
+
+
+def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -> int:
+    """Run part ``part`` of stage ``stage``; return how many tasks it copied.
+
+    Raises
+    ------
+    ValueError
+        For a stage or part the plan does not have, a ``parts`` other than the
+        plan's, or a stage whose previous stage has not finished.
+    """
+    rounds = plan.rounds
+    if not 0 <= stage < len(rounds):
+        raise ValueError(f"--stage {stage}: {plan.path} has stages 0 to {len(rounds) - 1}")
+    if parts is not None and parts != plan.parts:
+        raise ValueError(
+            f"--of {parts}: {plan.path} was saved for {plan.parts} parts per stage "
+            f"(plan --save --parts {plan.parts}); run parts 0 to {plan.parts - 1}"
+        )
+    if not 0 <= part < plan.parts:
+        raise ValueError(f"--part {part}: {plan.path} has parts 0 to {plan.parts - 1}")
+    if stage > 0 and (missing := plan.missing_parts(stage - 1)):
+        raise ValueError(
+            f"stage {stage} reads what stage {stage - 1} writes, and parts {missing} of "
+            f"stage {stage - 1} have not finished; run them first"
+        )
+    for spec in plan.specs:
+        for claim in spec.claims:
+            claim.renew()
+    copied = sum(copy_tasks(s, tasks) for s, tasks in part_tasks(rounds[stage], part, plan.parts))
+    marker = plan.marker(stage, part)
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(f"{copied} tasks\n")
+    return copied
+
+
+def finish_plan(plan: SavedPlan) -> None:
+    """Delete the intermediates and release the target, once every stage is done.
+
+    Raises
+    ------
+    ValueError
+        If a part of some stage has not finished.
+    """
+    for stage in range(len(plan.rounds)):
+        if missing := plan.missing_parts(stage):
+            raise ValueError(
+                f"parts {missing} of stage {stage} have not finished; run them before finish"
+            )
+    finish(plan.specs)
+    done = plan.marker(0, 0).parent
+    for stage in range(len(plan.rounds)):
+        for part in range(plan.parts):
+            plan.marker(stage, part).unlink()
+    done.rmdir()
+
+
+class PartsExecutor:
+    """Saves the plan as JSON and runs each part of each stage in a subprocess.
+
+    This is what a batch system does with ``run-part`` (docs/executors.md);
+    the plan (:attr:`SavedPlan.path`) may as well be run by hand or by an
+    array job instead of :meth:`execute_plan`.
+
+    Parameters
+    ----------
+    path : str or Path
+        Where the plan file goes.
+    parts : int
+        Parts (processes) per stage.
+    """
+
+    #: Every part runs in a process of its own.
+    shares_memory = False
+    #: The plan outlives the process that made it: claims are held by lease.
+    runs_after_exit = True
+
+    def __init__(self, path: str | Path, parts: int = 1) -> None:
+        if parts < 1:
+            raise ValueError(f"parts={parts} must be a positive integer")
+        self.path = Path(path).absolute()
+        if not self.path.parent.is_dir():
+            raise ValueError(f"cannot save the plan as {path}: no such directory")
+        self.parts = parts
+
+    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> SavedPlan:
+        """Save ``specs`` to :attr:`path`; return the saved plan."""
+        return save_plan(specs, self.path, self.parts)
+
+    def execute_plan(self, plan: SavedPlan, **kwargs: Any) -> None:
+        """Run every part of every stage, one subprocess per part, then finish."""
+        command = [sys.executable, "-m", "rechunker_core.cli", "run-part", str(plan.path)]
+        for stage in range(len(plan.rounds)):
+            processes = [
+                subprocess.Popen(
+                    [*command, "--stage", str(stage), "--part", str(i)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(plan.parts)
+            ]
+            errors = [p.communicate()[1] for p in processes]
+            for process, error in zip(processes, errors):
+                if process.returncode:
+                    raise RuntimeError(f"stage {stage}: a part failed: {error.strip()}")
+        finish_plan(plan)

@@ -1,0 +1,455 @@
+"""Creating what a rechunk writes: places checked, claimed, created, rolled back.
+
+The safety rules live here, in the order they apply:
+
+1. :func:`check_places` (read only): source, target and temp are pairwise
+   disjoint, whatever their spelling; the target is empty unless the user
+   asked to overwrite it; no intermediate would land on something that exists.
+2. :func:`create_specs`: each place is claimed atomically (two runs never
+   write into one place), checked again under the claim, cleared if the user
+   asked to overwrite it, and the zarr metadata is created. If anything fails,
+   what this call created is removed and its claims released.
+3. The specs list exactly what the run created for cleanup, so
+   :func:`rechunker_core.copy.finish` deletes nothing else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
+
+import zarr
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
+
+from rechunker_core.algorithm import Plan
+from rechunker_core.locations import (
+    Claim,
+    StoreLocation,
+    check_writable_place,
+    overlap,
+    take_claim,
+)
+from rechunker_core.sources import Source, SourceArray
+from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.storage import ZarrRef, clear_cache
+
+__all__ = [
+    "ArrayJob",
+    "Destination",
+    "TempPlace",
+    "check_places",
+    "create_specs",
+    "rehearse",
+]
+
+ZarrFormat = Literal[2, 3]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    """One array of a rechunk: where it goes and how."""
+
+    array: SourceArray
+    target: StoreLocation
+    target_chunks: tuple[int, ...]
+    target_options: dict[str, Any]
+    temp_options: dict[str, Any]
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class TempPlace:
+    """Where intermediates go.
+
+    Attributes
+    ----------
+    base : StoreLocation
+        The temp store (or the user's temp group).
+    is_group : bool
+        Whether ``base`` is the user's ``zarr.Group``.
+    lone_name : str
+        The name a lone array's intermediates take in that group.
+    overwrite : bool
+        Whether intermediates of an earlier run of the same job may be replaced.
+    """
+
+    base: StoreLocation
+    is_group: bool
+    lone_name: str
+    overwrite: bool
+
+    def intermediate(self, job: ArrayJob, number: int) -> StoreLocation:
+        """The location of ``job``'s intermediate ``number`` (from 1).
+
+        >>> from types import SimpleNamespace as NS
+        >>> place = TempPlace(StoreLocation("/tmp/t.zarr"), False, "", False)
+        >>> place.intermediate(NS(array=NS(name="sub/a")), 2).path
+        'sub.a.intermediate2'
+        """
+        name = job.array.name or self.lone_name
+        leaf = f"{name.replace('/', '.')}.intermediate{number}" if name else f"intermediate{number}"
+        return self.base.child(leaf)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a rechunk writes.
+
+    Attributes
+    ----------
+    target : StoreLocation
+        The target array, or the root of the target group.
+    is_group : bool
+        Whether the user gave the target as a ``zarr.Group`` (arrays go in it by name).
+    overwrite : bool
+        Whether an existing target may be replaced (``overwrite=True``).
+    temp : TempPlace, optional
+        Where intermediates go, when a plan needs them.
+    """
+
+    target: StoreLocation
+    is_group: bool
+    overwrite: bool
+    temp: TempPlace | None
+
+    def target_places(self, jobs: Sequence[ArrayJob]) -> list[StoreLocation]:
+        """The places the run writes its target into (arrays in a user's group)."""
+        return [job.target for job in jobs] if self.is_group else [self.target]
+
+    def intermediates(self, jobs: Sequence[ArrayJob]) -> list[StoreLocation]:
+        """Every intermediate array the plans need."""
+        if self.temp is None:
+            return []
+        return [
+            self.temp.intermediate(job, i)
+            for job in jobs
+            for i in range(1, len(job.plan.intermediate_chunks) + 1)
+        ]
+
+
+def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> None:
+    """Refuse, before anything is written, every place a rechunk must not write.
+
+    Raises
+    ------
+    ValueError
+        Naming the places in conflict and what to do instead.
+    """
+    targets = dest.target_places(jobs)
+    places: list[tuple[str, StoreLocation]] = [("the target", place) for place in targets]
+    if dest.temp is not None:
+        places.append(("temp_store", dest.temp.base))
+    if source.location is not None:
+        places.insert(0, ("the source", source.location))
+    for what, place in places[1 if source.location is not None else 0 :]:
+        check_writable_place(place, what)
+    for i, (what_a, a) in enumerate(places):
+        for what_b, b in places[i + 1 :]:
+            if what_a == what_b == "the target":
+                continue  # arrays of one group target: distinct children
+            if overlap(a, b):
+                ia, ib = a.identity, b.identity
+                relation = (
+                    "the same place as" if ia == ib else "inside" if ia.contains(ib) else "holds"
+                )
+                raise ValueError(
+                    f"{what_b} {b.describe()} is {relation} {what_a} {a.describe()}; give "
+                    "each of source, target and temp_store a place of its own"
+                )
+    for place in targets:
+        if not dest.overwrite and _holds_data(place):
+            raise ValueError(
+                f"the target {place.describe()} already holds data; pass "
+                "target_options={'overwrite': True} to replace it"
+            )
+    for location in dest.intermediates(jobs):
+        _check_intermediate_free(location, dest)
+
+
+def _holds_data(location: StoreLocation) -> bool:
+    return location.exists() and not location.holds_only_claims()
+
+
+def _check_intermediate_free(location: StoreLocation, dest: Destination) -> None:
+    """An intermediate may replace only an intermediate of an earlier run."""
+    if not _holds_data(location):
+        return
+    if dest.temp is not None and dest.temp.overwrite and _is_zarr_array(location):
+        return
+    raise ValueError(
+        f"temp_store already holds {location.describe()}, where this run would put an "
+        "intermediate array; give an empty temp_store, or pass "
+        "temp_options={'overwrite': True} to replace intermediates left by an earlier run"
+    )
+
+
+def _is_zarr_array(location: StoreLocation) -> bool:
+    try:
+        zarr.open_array(store=location.open_store(read_only=True), path=location.path, mode="r")
+    except Exception:  # anything that is not a readable array is the user's
+        return False
+    return True
+
+
+def rehearse(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> None:
+    """Create everything once in scratch in-memory stores first.
+
+    zarr itself then rejects bad creation options (shards on a format 2
+    target, a codec that does not fit the dtype, ...) before the real stores
+    are touched, without a list of rules here that would go stale.
+    """
+    targets, temps = MemoryStore(), MemoryStore()
+    scratch_jobs = [replace(job, target=StoreLocation(targets, job.target.path)) for job in jobs]
+    temp = dest.temp
+    scratch_temp = replace(temp, base=StoreLocation(temps, temp.base.path)) if temp else None
+    scratch = Destination(
+        StoreLocation(targets, dest.target.path), dest.is_group, False, scratch_temp
+    )
+    _create_metadata(source, scratch_jobs, scratch)
+
+
+class _Ledger:
+    """What one call of :func:`create_specs` claimed and created, to undo it on failure."""
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+        self.created: list[StoreLocation] = []  # removed whole on failure
+        self.new_dirs: list[StoreLocation] = []  # local directories made, deepest first
+        self.temp_dirs: list[StoreLocation] = []  # those of them made for intermediates
+        self.added_keys: list[StoreLocation] = []  # group metadata zarr added to the temp
+
+    def claim(self, location: StoreLocation, what: str, process_bound: bool) -> Claim:
+        """Claim ``location``, noting the directories the claim had to create."""
+        missing = _missing_dirs(location)
+        claim = take_claim(location, what, process_bound=process_bound)
+        self.claims.append(claim)
+        self.new_dirs[:0] = missing
+        return claim
+
+    def undo(self) -> None:
+        for location in self.added_keys:
+            location.delete()
+        for location in self.created:
+            if location.exists():
+                location.delete_contents(keep="")
+        for claim in self.claims:
+            claim.release()
+        for location in self.new_dirs:
+            location.remove_if_empty()
+
+
+#: The keys of zarr group metadata, in either format.
+_GROUP_KEYS = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+
+
+def _group_keys(location: StoreLocation) -> set[str]:
+    """Which group metadata keys exist at ``location``."""
+    store = location.open_store(read_only=True)
+    return {key for key in _GROUP_KEYS if sync(store.exists(location.child(key).path))}
+
+
+def _missing_dirs(location: StoreLocation) -> list[StoreLocation]:
+    """The local directories, deepest first, that creating ``location`` makes."""
+    local = location.local_path
+    if local is None:
+        return []
+    missing = [p for p in (local, *local.parents) if not p.exists()]
+    return [StoreLocation(str(p)) for p in missing]
+
+
+def create_specs(
+    source: Source,
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    prepare: Callable[[tuple[StagedCopySpec, ...]], T],
+    *,
+    keep_temp: bool,
+    process_bound: bool = True,
+) -> tuple[tuple[StagedCopySpec, ...], T]:
+    """Claim the target and intermediates, create their metadata, prepare the plan.
+
+    Parameters
+    ----------
+    prepare : callable
+        The executor's ``prepare_plan``; if it fails, the creation is undone too.
+    keep_temp : bool
+        Whether the specs leave the intermediates in place.
+    process_bound : bool
+        Whether the claims end with this process (``False`` for plans saved
+        for other processes to run: they are held by lease).
+
+    Raises
+    ------
+    ValueError
+        When another run holds a place, or a place filled up since
+        :func:`check_places`. Nothing this call made is left behind.
+    """
+    ledger = _Ledger()
+    try:
+        claims = _claim_all(jobs, dest, ledger, process_bound)
+        temp_before = _group_keys(dest.temp.base) if dest.temp else set()
+        specs = _create_metadata(source, jobs, dest)
+        if dest.temp is not None:
+            # zarr writes group metadata above a new array: in the temp store, it is ours.
+            added = sorted(_group_keys(dest.temp.base) - temp_before)
+            ledger.added_keys = [dest.temp.base.child(key) for key in added]
+        cleanup = () if keep_temp else (*dest.intermediates(jobs), *ledger.added_keys)
+        remove_empty = () if keep_temp else tuple(ledger.temp_dirs)
+        last = replace(specs[-1], cleanup=cleanup, remove_empty=remove_empty, claims=claims)
+        specs = (*(replace(spec, claims=claims) for spec in specs[:-1]), last)
+        return specs, prepare(specs)
+    except BaseException:
+        ledger.undo()
+        raise
+
+
+def _claim_all(
+    jobs: Sequence[ArrayJob], dest: Destination, ledger: _Ledger, process_bound: bool
+) -> tuple[Claim, ...]:
+    """Claim every place, check it again under the claim, and clear it if asked."""
+    for place in dest.target_places(jobs):
+        fresh = not place.exists()
+        ledger.claim(place, "the target", process_bound)
+        if _holds_data(place):
+            if not dest.overwrite:
+                raise ValueError(
+                    f"the target {place.describe()} already holds data (written by another "
+                    "run just now); pass target_options={'overwrite': True} to replace it"
+                )
+            clear_cache(place)
+            place.delete_contents()
+        if fresh or dest.overwrite:
+            ledger.created.append(place)
+    if dest.temp is not None:
+        ledger.temp_dirs = _missing_dirs(dest.temp.base)
+    for location in dest.intermediates(jobs):
+        ledger.claim(location, "temp_store", process_bound)
+        _check_intermediate_free(location, dest)
+        clear_cache(location)
+        location.delete_contents()
+        ledger.created.append(location)
+    return tuple(ledger.claims)
+
+
+def _create_metadata(
+    source: Source, jobs: Sequence[ArrayJob], dest: Destination
+) -> tuple[StagedCopySpec, ...]:
+    """Create target groups and arrays, and the intermediates; return the specs."""
+    fmt = _target_format(source, jobs)
+    if source.is_group:
+        _create_groups(source, dest.target, fmt)
+    specs = []
+    for job in jobs:
+        kwargs = _create_kwargs(job.array, {**job.target_options, "zarr_format": fmt}, fmt)
+        kwargs.pop("dtype", None)
+        dtype = job.target_options.get("dtype", job.array.ref.dtype)
+        target_ref = _create_array(
+            job.target, job.array.ref.shape, dtype, job.target_chunks, kwargs
+        )
+        assert target_ref.chunks == job.plan.stages[-1].write_chunks
+        refs: list[Any] = [job.array.ref]
+        for i, chunks in enumerate(job.plan.intermediate_chunks, start=1):
+            assert dest.temp is not None
+            temp_kwargs = _create_kwargs(job.array, job.temp_options, fmt)
+            temp_kwargs.pop("dtype", None)
+            temp_kwargs["attributes"] = {}
+            location = dest.temp.intermediate(job, i)
+            shape, dtype = job.array.ref.shape, job.array.ref.dtype
+            refs.append(_create_array(location, shape, dtype, chunks, temp_kwargs))
+        refs.append(target_ref)
+        stages = tuple(
+            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
+            for i, stage in enumerate(job.plan.stages)
+        )
+        specs.append(StagedCopySpec(stages))
+    if source.is_group:
+        with _quiet_about_claims():
+            zarr.consolidate_metadata(
+                dest.target.open_store(), path=dest.target.path, zarr_format=fmt
+            )
+    return tuple(specs)
+
+
+@contextmanager
+def _quiet_about_claims() -> Iterator[None]:
+    """zarr warns about the claim file (not a zarr node) while it lists a group."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\.rechunker-claim.*")
+        yield
+
+
+def _create_kwargs(
+    array: SourceArray, options: dict[str, Any], source_format: int
+) -> dict[str, Any]:
+    """zarr.create_array keywords: source metadata, then the user's options.
+
+    ``overwrite`` is never passed on: zarr would delete the whole place, claim
+    included; :func:`_claim_all` clears what the user asked to replace.
+    """
+    kwargs: dict[str, Any] = {**array.create_options, **options}
+    kwargs.pop("storage_options", None)
+    kwargs.pop("overwrite", None)
+    zarr_format = kwargs.get("zarr_format") or source_format or 3
+    kwargs["zarr_format"] = zarr_format
+    attributes = dict(array.attributes)
+    attributes.update(kwargs.pop("attributes", None) or {})
+    dims = kwargs.pop("dimension_names", None) or array.dimension_names
+    if dims is not None:
+        if zarr_format == 2:
+            attributes["_ARRAY_DIMENSIONS"] = list(dims)
+        else:
+            kwargs["dimension_names"] = tuple(dims)
+    kwargs["attributes"] = attributes
+    # In format 2 a null fill_value means "no fill value" (xarray reads it so);
+    # dropping it would make zarr store 0.
+    if kwargs.get("fill_value") is None and zarr_format != 2:
+        kwargs.pop("fill_value", None)
+    return kwargs
+
+
+def _create_array(
+    location: StoreLocation,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    kwargs: dict[str, Any],
+) -> ZarrRef:
+    array = zarr.create_array(
+        store=location.open_store(),
+        name=location.path or None,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        **kwargs,
+    )
+    # An array this process opened here before (an overwritten target) is stale.
+    clear_cache(location)
+    return ZarrRef.from_array(array, location)
+
+
+def _target_format(source: Source, jobs: Sequence[ArrayJob]) -> ZarrFormat:
+    """The source's zarr format unless target_options set one; else zarr's default, 3."""
+    chosen = {
+        job.target_options["zarr_format"] for job in jobs if "zarr_format" in job.target_options
+    }
+    if len(chosen) > 1:
+        raise ValueError(f"target_options set different zarr_format values {sorted(chosen)}")
+    fmt = chosen.pop() if chosen else source.zarr_format or 3
+    if fmt == 2:
+        return 2
+    if fmt == 3:
+        return 3
+    raise ValueError(f"zarr_format={fmt!r} is not supported; use 2 or 3")
+
+
+def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat) -> None:
+    store = target.open_store()
+    for path, attributes in sorted(source.groups.items()):
+        location = target.child(path)
+        group = zarr.open_group(store=store, path=location.path, mode="a", zarr_format=fmt)
+        group.attrs.update(attributes)

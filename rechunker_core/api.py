@@ -505,7 +505,7 @@ def rechunk(
     memory = parse_bytes(max_mem)
     _check_array_name(array_name)
     storage = _storage_options(dict(target_options or {}))
-    target = resolve_location(target_store, storage, what="target_store")
+    target = resolve_location(target_store, storage, what="target_store", writable=True)
     target_is_group = isinstance(target_store, zarr.Group)
     jobs = _plan_jobs(
         found,
@@ -575,7 +575,7 @@ def _temp_place(
         )
     # temp_options default to target_options: so do the temp store's fsspec options.
     temp_storage = _storage_options(dict(temp_options or {})) or target_storage_options
-    base = resolve_location(temp_store, temp_storage, what="temp_store")
+    base = resolve_location(temp_store, temp_storage, what="temp_store", writable=True)
     # A lone array's intermediates sit directly in the user's group, named after it.
     lone_name = array_name if temp_is_group and not source.is_group and array_name else ""
     overwrite = all(job.temp_options.get("overwrite") for job in jobs)

@@ -141,7 +141,9 @@ def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) ->
         Naming the places in conflict and what to do instead.
     """
     targets = dest.target_places(jobs)
-    places: list[tuple[str, StoreLocation]] = [("the target", place) for place in targets]
+    # A group target's root gets group metadata listing all it holds: it is written too.
+    written = [dest.target] if source.is_group else targets
+    places: list[tuple[str, StoreLocation]] = [("the target", place) for place in written]
     if dest.temp is not None:
         places.append(("temp_store", dest.temp.base))
     if source.location is not None:

@@ -286,7 +286,11 @@ async def _list(store: Store, path: str) -> list[str]:
 
 
 def resolve_location(
-    store_like: Any, storage_options: Mapping[str, Any] | None = None, *, what: str = "store"
+    store_like: Any,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    what: str = "store",
+    writable: bool = False,
 ) -> StoreLocation:
     """Turn what users pass as a store into a :class:`StoreLocation`.
 
@@ -301,7 +305,8 @@ def resolve_location(
     ------
     ValueError
         For an empty path (an unset shell variable must never name the
-        current directory).
+        current directory), or, with ``writable``, a store or group opened
+        read-only.
     TypeError
         For anything that is not a store.
     """
@@ -309,8 +314,10 @@ def resolve_location(
 
     options = dict(storage_options or {})
     if isinstance(store_like, zarr.Group):
-        base = resolve_location(store_like.store, options, what=what)
+        base = resolve_location(store_like.store, options, what=what, writable=writable)
         return base.child(store_like.path)
+    if writable and isinstance(store_like, Store) and store_like.read_only:
+        raise ValueError(f"{what} {store_like} is opened read-only; open it for writing")
     if isinstance(store_like, Path):
         store_like = str(store_like)
     if isinstance(store_like, str):
@@ -351,6 +358,8 @@ def check_writable_place(location: StoreLocation, what: str) -> None:
     anything holding them), a bucket with no name, and, on the local file
     system, a path whose nearest existing part is a file or not writable.
     """
+    if isinstance(location.store, Store) and location.store.read_only:
+        raise ValueError(f"{what} {location.describe()} is a read-only store")
     identity = location.identity
     if identity.namespace == "file":
         for name, guarded in (("your home directory", "~"), ("the current directory", ".")):

@@ -384,10 +384,13 @@ class Rechunked:
         Keyword arguments go to the executor's ``execute_plan`` (for example
         ``progress=`` for python and threads).
 
+        A run that failed may be executed again: tasks are idempotent and
+        the intermediates stay until a run succeeds.
+
         Raises
         ------
         ValueError
-            When called a second time: the first run deleted the intermediates
+            When called after a run succeeded: it deleted the intermediates
             and released the target; call :func:`rechunk` again instead.
         """
         if self._executed:
@@ -395,8 +398,8 @@ class Rechunked:
                 "this Rechunked has already been executed (its intermediates are gone and "
                 "its target is released); call rechunk() again to run another rechunk"
             )
-        self._executed = True
         self._executor.execute_plan(self.plan, **kwargs)
+        self._executed = True
         return self.target
 
     @property

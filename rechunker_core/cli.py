@@ -325,7 +325,7 @@ _CLI_SPELLINGS = (
 def cli_message(error: BaseException) -> str:
     """An error as one line, naming options the way the command line spells them.
 
-    >>> cli_message(ValueError("pass target_options={'overwrite': True}\nto replace it"))
+    >>> cli_message(ValueError("pass target_options={'overwrite': True}  to replace it"))
     'pass --overwrite to replace it'
     """
     text = " ".join(str(error).split()) or type(error).__name__

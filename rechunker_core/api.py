@@ -18,18 +18,18 @@ from typing import Any, Literal
 import zarr
 from zarr.storage import MemoryStore
 
-from executors import (
-    Executor,
-    get_executor,
-    refuse_in_memory_locations,
-    shares_memory,
-)
 from rechunker_core.algorithm import (
     ExcessiveIOWarning,
     MemoryModel,
     Plan,
     format_bytes,
     plan_rechunk,
+)
+from rechunker_core.executors import (
+    Executor,
+    get_executor,
+    refuse_in_memory_locations,
+    shares_memory,
 )
 from rechunker_core.sources import Source, SourceArray, open_source
 from rechunker_core.spec import CopySpec, StagedCopySpec

@@ -18,10 +18,10 @@ from typing import Any, NoReturn, TextIO
 import numpy as np
 import zarr
 
-from executors import refuse_in_memory
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.api import describe_plan, parse_bytes, rechunk
 from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.executors import refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = ["ProgressBar", "load_plan", "main", "parse_target_chunks", "part_tasks", "save_plan"]

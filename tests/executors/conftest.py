@@ -22,8 +22,8 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from executors.prefect import QUIET_SETTINGS
 from rechunker_core import StagedCopySpec, rechunk
+from rechunker_core.executors.prefect import QUIET_SETTINGS
 from rechunker_core.storage import Region, ZarrRef
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="rechunker-core-prefect-")

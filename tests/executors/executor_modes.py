@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from executors.python import PythonExecutor
-from executors.threads import ThreadsExecutor
+from rechunker_core.executors.python import PythonExecutor
+from rechunker_core.executors.threads import ThreadsExecutor
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ MODES: list[Mode] = [
 
 def _dask(**compute_kwargs: Any) -> Callable[[pytest.FixtureRequest], Any]:
     def make(request: pytest.FixtureRequest) -> Any:
-        from executors.dask import DaskExecutor
+        from rechunker_core.executors.dask import DaskExecutor
 
         return DaskExecutor(**compute_kwargs)
 
@@ -50,13 +50,13 @@ def _dask(**compute_kwargs: Any) -> Callable[[pytest.FixtureRequest], Any]:
 
 
 def _dask_distributed(request: pytest.FixtureRequest) -> Any:
-    from executors.dask import DaskExecutor
+    from rechunker_core.executors.dask import DaskExecutor
 
     return DaskExecutor(scheduler=request.getfixturevalue("dask_client"))
 
 
 def _prefect(request: pytest.FixtureRequest) -> Any:
-    from executors.prefect import PrefectExecutor
+    from rechunker_core.executors.prefect import PrefectExecutor
 
     request.getfixturevalue("prefect_harness")
     return PrefectExecutor()
@@ -64,7 +64,7 @@ def _prefect(request: pytest.FixtureRequest) -> Any:
 
 def _beam(mode: str) -> Callable[[pytest.FixtureRequest], Any]:
     def make(request: pytest.FixtureRequest) -> Any:
-        from executors.beam import BeamExecutor
+        from rechunker_core.executors.beam import BeamExecutor
 
         return BeamExecutor({"direct_running_mode": mode, "direct_num_workers": 2})
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from zarr.storage import MemoryStore
 
-from executors.beam import BeamExecutor
 from rechunker_core import rechunk
+from rechunker_core.executors.beam import BeamExecutor
 from tests.conftest import ArrayFactory, assert_same_array
 from tests.executors.conftest import Recorded
 

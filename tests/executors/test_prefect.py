@@ -17,8 +17,8 @@ import numpy.testing as npt
 import pytest
 from zarr.storage import MemoryStore
 
-from executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core import StagedCopySpec, rechunk
+from rechunker_core.executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core.spec import ArrayRef
 from rechunker_core.storage import Region
 from tests.conftest import ArrayFactory, assert_same_array, snapshot

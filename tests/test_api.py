@@ -22,7 +22,7 @@ from rechunker_core import Rechunked, api, executors, rechunk
 from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_rechunk
 from rechunker_core.executors import BUILTIN_EXECUTORS, registered_executors
 from rechunker_core.executors.python import PythonExecutor
-from tests.conftest import (
+from tests.helpers import (
     ArrayFactory,
     GroupFactory,
     assert_same_array,

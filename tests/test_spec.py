@@ -19,7 +19,7 @@ from rechunker_core import rechunk
 from rechunker_core.copy import copy_region
 from rechunker_core.spec import CopySpec, StagedCopySpec, region_slices
 from rechunker_core.storage import StoreLocation, ZarrRef
-from tests.conftest import ArrayFactory
+from tests.helpers import ArrayFactory
 
 
 def ref(

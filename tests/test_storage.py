@@ -14,7 +14,7 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from rechunker_core import storage
 from rechunker_core.storage import StoreLocation, ZarrRef, open_array, resolve_location
-from tests.conftest import ArrayFactory, snapshot
+from tests.helpers import ArrayFactory, snapshot
 
 # --------------------------------------------------------------------------
 # resolve_location

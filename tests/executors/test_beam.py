@@ -13,8 +13,7 @@ from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
 from rechunker_core.executors.beam import BeamExecutor
-from tests.conftest import ArrayFactory, assert_same_array
-from tests.executors.conftest import Recorded
+from tests.helpers import ArrayFactory, Recorded, assert_same_array
 
 beam = pytest.importorskip("apache_beam")
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402

@@ -20,8 +20,7 @@ from zarr.storage import MemoryStore
 from rechunker_core import CopySpec, StagedCopySpec, rechunk
 from rechunker_core.executors.dask import DaskExecutor
 from rechunker_core.storage import StoreLocation, ZarrRef
-from tests.conftest import ArrayFactory, GroupFactory, assert_same_array
-from tests.executors.conftest import Recorded
+from tests.helpers import ArrayFactory, GroupFactory, Recorded, assert_same_array
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")

@@ -1,17 +1,15 @@
 """Plans run by independent processes: ``plan --save``, ``run-part``, ``finish``.
 
-:class:`PartsExecutor` runs a plan the way an HPC array job does, one
-``rechunker-core run-part`` process per part of each stage, so the shared
-suite covers this path too (mode ``parts``).
+The shared suite runs this path too: its mode ``parts`` uses
+:class:`tests.helpers.PartsExecutor`, one ``rechunker-core run-part`` process
+per part of each stage, the way an HPC array job does.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,16 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from rechunker_core.cli import main, part_tasks, save_plan
-from rechunker_core.copy import stages_in_order
+from rechunker_core.cli import main, part_tasks
 from rechunker_core.spec import StagedCopySpec
-from tests.conftest import ArrayFactory, GroupFactory, assert_same_array, assert_same_group
-
-CLI = [sys.executable, "-m", "rechunker_core.cli"]
+from tests.helpers import (
+    CLI,
+    ArrayFactory,
+    GroupFactory,
+    assert_same_array,
+    assert_same_group,
+    run_stages,
+)
 
 
 def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
@@ -33,59 +35,6 @@ def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def run_stages(plan: Path, stages: int, parts: int) -> None:
-    """Run every stage as ``parts`` concurrent ``run-part`` processes."""
-    for stage in range(stages):
-        processes = [
-            subprocess.Popen(
-                [*CLI, *map(str, ("run-part", plan, "--stage", stage, "--part", i, "--of", parts))],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(parts)
-        ]
-        for process in processes:
-            out, err = process.communicate()
-            assert process.returncode == 0, err
-            assert f"stage {stage}, part" in out
-
-
-class PartsExecutor:
-    """Test-only executor: saves the plan as JSON and runs it in subprocesses.
-
-    Parameters
-    ----------
-    directory : Path
-        Where the plan file goes.
-    parts : int
-        Processes per stage.
-    """
-
-    #: Every part runs in a process of its own.
-    shares_memory = False
-
-    def __init__(self, directory: Path, parts: int = 2) -> None:
-        self.directory = directory
-        self.parts = parts
-
-    def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Callable[[], None]:
-        """Return a callable that saves ``specs`` and runs them in subprocesses."""
-        specs = tuple(specs)
-
-        def plan() -> None:
-            path = self.directory / f"plan-{uuid.uuid4().hex}.json"
-            save_plan(specs, path)
-            run_stages(path, len(list(stages_in_order(specs))), self.parts)
-            assert main(["finish", str(path)]) == 0  # in this process: one start-up less
-
-        return plan
-
-    def execute_plan(self, plan: Callable[[], None], **kwargs: Any) -> None:
-        """Run ``plan``."""
-        plan()
 
 
 @pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])

@@ -21,8 +21,7 @@ from rechunker_core import StagedCopySpec, rechunk
 from rechunker_core.executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core.spec import ArrayRef
 from rechunker_core.storage import Region
-from tests.conftest import ArrayFactory, assert_same_array, snapshot
-from tests.executors.conftest import Recorded
+from tests.helpers import ArrayFactory, Recorded, assert_same_array, snapshot
 
 pytest.importorskip("prefect")
 

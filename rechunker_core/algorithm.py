@@ -500,12 +500,6 @@ def _divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def _nests(a: int, b: int, size: int) -> bool:
-    """Whether chunk extents ``a`` and ``b`` line up: one divides the other or
-    a region of their lcm already spans the dimension."""
-    return max(a, b) % min(a, b) == 0 or math.lcm(a, b) >= size
-
-
 def _between(a: int, b: int, size: int) -> list[int]:
     """Intermediate extents along a dimension going from ``a`` to ``b``.
 

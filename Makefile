@@ -26,7 +26,7 @@ demo: $(VENV)/.installed-base
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rechunker_core executors
+	$(BIN)/python tools/typecheck.py
 
 test: lint
 	$(BIN)/python -m pytest

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from executors.dask import DaskExecutor
+from rechunker_core.executors.dask import DaskExecutor
 from rechunker_core.locations import StoreLocation
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef

@@ -51,9 +51,9 @@ import psutil
 import zarr
 from zarr.codecs import BloscCodec
 
-from executors.prefect import QUIET_SETTINGS
 from rechunker_core import rechunk
 from rechunker_core.api import describe_plan, parse_bytes
+from rechunker_core.executors.prefect import QUIET_SETTINGS
 from rechunker_core.storage import clear_cache
 
 MB = 1e6  # decimal megabytes, as parse_bytes("256MB") counts them
@@ -202,7 +202,7 @@ def make_executor(name: str, ctx: Context, **wanted: Any) -> Any:
 
     Raises :class:`Skip` when its module (or its engine) does not import.
     """
-    from executors import registered_executors
+    from rechunker_core.executors import registered_executors
 
     module_name, _, attribute = registered_executors()[name].partition(":")
     try:

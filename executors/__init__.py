@@ -15,8 +15,8 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    # Annotation only: importing it at run time would import rechunker_core.api,
-    # which imports this module, so `import executors` first would be circular.
+    # Annotation only: rechunker_core.api imports this module while the
+    # rechunker_core package is still initialising, so it imports none of it at run time.
     from rechunker_core.spec import StagedCopySpec
 
 __all__ = [
@@ -38,11 +38,11 @@ Progress = Callable[[int, int], None]
 
 #: Built-in executor names and where they live.
 BUILTIN_EXECUTORS: dict[str, str] = {
-    "python": "executors.python:PythonExecutor",
-    "threads": "executors.threads:ThreadsExecutor",
-    "dask": "executors.dask:DaskExecutor",
-    "prefect": "executors.prefect:PrefectExecutor",
-    "beam": "executors.beam:BeamExecutor",
+    "python": "rechunker_core.executors.python:PythonExecutor",
+    "threads": "rechunker_core.executors.threads:ThreadsExecutor",
+    "dask": "rechunker_core.executors.dask:DaskExecutor",
+    "prefect": "rechunker_core.executors.prefect:PrefectExecutor",
+    "beam": "rechunker_core.executors.beam:BeamExecutor",
 }
 
 ENTRY_POINT_GROUP = "rechunker_core.executors"

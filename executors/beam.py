@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from executors import import_engine, refuse_in_memory
 from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.executors import import_engine, refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = ["BeamExecutor"]
@@ -141,7 +141,7 @@ def _rechunk_class() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # ``executors.beam.Rechunk`` resolves lazily: pickles of the transform
+    # ``rechunker_core.executors.beam.Rechunk`` resolves lazily: pickles of the transform
     # find its class here, and importing the module does not import Beam.
     if name == "Rechunk":
         return _rechunk_class()

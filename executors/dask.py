@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from executors import import_engine, refuse_in_memory
 from rechunker_core.copy import copy_tasks, finish
+from rechunker_core.executors import import_engine, refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = ["DaskExecutor"]

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from executors import refuse_in_memory
 from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.executors import refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = [

@@ -13,8 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from executors import import_engine, refuse_in_memory
 from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.executors import import_engine, refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = ["QUIET_SETTINGS", "PrefectExecutor"]

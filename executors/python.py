@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from executors import Progress
 from rechunker_core.copy import copy_region, finish, stages_in_order
+from rechunker_core.executors import Progress
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["PythonExecutor"]

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from executors import Progress
 from rechunker_core.copy import copy_region, finish, stages_in_order
+from rechunker_core.executors import Progress
 from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
 

@@ -173,10 +173,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _prod(values: Sequence[int] | Iterator[int]) -> int:
-    return math.prod(values)
-
-
 # --------------------------------------------------------------------------
 # Cost and memory models
 # --------------------------------------------------------------------------
@@ -387,24 +383,26 @@ def evaluate_stage(
     write_chunks = _clip(write_chunks, shape)
     task_chunks = _clip(task_chunks, shape)
     overlaps = [dim_overlap(n, r, p) for n, r, p in zip(shape, task_chunks, read_chunks)]
-    num_tasks = _prod(_ceil_div(n, r) for n, r in zip(shape, task_chunks))
-    write_ops = _prod(_ceil_div(n, q) for n, q in zip(shape, write_chunks))
+    num_tasks = math.prod(_ceil_div(n, r) for n, r in zip(shape, task_chunks))
+    write_ops = math.prod(_ceil_div(n, q) for n, q in zip(shape, write_chunks))
     peak = memory.task_peak(
-        region_bytes=_prod(task_chunks) * itemsize,
-        read_chunks_in_flight=_prod(o.max_chunks for o in overlaps),
-        read_chunk_bytes=_prod(read_chunks) * itemsize,
-        write_chunks_in_flight=_prod(_ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)),
-        write_chunk_bytes=_prod(write_chunks) * itemsize,
+        region_bytes=math.prod(task_chunks) * itemsize,
+        read_chunks_in_flight=math.prod(o.max_chunks for o in overlaps),
+        read_chunk_bytes=math.prod(read_chunks) * itemsize,
+        write_chunks_in_flight=math.prod(
+            _ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)
+        ),
+        write_chunk_bytes=math.prod(write_chunks) * itemsize,
     )
     return StagePlan(
         read_chunks=read_chunks,
         write_chunks=write_chunks,
         task_chunks=task_chunks,
         num_tasks=num_tasks,
-        read_ops=_prod(o.chunks_touched for o in overlaps),
+        read_ops=math.prod(o.chunks_touched for o in overlaps),
         write_ops=write_ops,
-        bytes_read=_prod(o.elements_touched for o in overlaps) * itemsize,
-        bytes_written=_prod(shape) * itemsize,
+        bytes_read=math.prod(o.elements_touched for o in overlaps) * itemsize,
+        bytes_written=math.prod(shape) * itemsize,
         peak_task_memory=peak,
     )
 
@@ -498,12 +496,6 @@ def _divisors(n: int) -> list[int]:
     """
     small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
-
-
-def _nests(a: int, b: int, size: int) -> bool:
-    """Whether chunk extents ``a`` and ``b`` line up: one divides the other or
-    a region of their lcm already spans the dimension."""
-    return max(a, b) % min(a, b) == 0 or math.lcm(a, b) >= size
 
 
 def _between(a: int, b: int, size: int) -> list[int]:

@@ -17,12 +17,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from executors import (
-    Executor,
-    get_executor,
-    refuse_in_memory_locations,
-    shares_memory,
-)
 from rechunker_core.algorithm import (
     ExcessiveIOWarning,
     MemoryModel,
@@ -37,6 +31,12 @@ from rechunker_core.create import (
     check_places,
     create_specs,
     rehearse,
+)
+from rechunker_core.executors import (
+    Executor,
+    get_executor,
+    refuse_in_memory_locations,
+    shares_memory,
 )
 from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.sources import Source, open_source

@@ -18,9 +18,9 @@ from typing import Any, NoReturn, TextIO
 import numpy as np
 import zarr
 
-from executors.parts import PartsExecutor, finish_plan, load_plan, run_part
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.api import describe_plan, parse_bytes, rechunk
+from rechunker_core.executors.parts import PartsExecutor, finish_plan, load_plan, run_part
 
 __all__ = ["ProgressBar", "main", "parse_target_chunks"]
 

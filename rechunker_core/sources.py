@@ -454,8 +454,3 @@ def open_source(source: Any) -> Source:
         "rechunk accepts a zarr.Array, a zarr.Group, a dask.array.Array, an xarray.Dataset, "
         "or the path, URL or zarr Store of a zarr array or group"
     )
-
-
-def options_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Copy user options into a plain dict (None is empty)."""
-    return dict(value or {})

@@ -29,7 +29,7 @@ from rechunker_core.algorithm import (
     floor_sum,
     plan_rechunk,
 )
-from tests.conftest import ArrayFactory
+from tests.helpers import ArrayFactory
 
 Shape = tuple[int, ...]
 

@@ -18,12 +18,11 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-import executors
-from executors import BUILTIN_EXECUTORS, registered_executors
-from executors.python import PythonExecutor
-from rechunker_core import Rechunked, api, rechunk
+from rechunker_core import Rechunked, api, executors, rechunk
 from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_rechunk
-from tests.conftest import (
+from rechunker_core.executors import BUILTIN_EXECUTORS, registered_executors
+from rechunker_core.executors.python import PythonExecutor
+from tests.helpers import (
     ArrayFactory,
     GroupFactory,
     assert_same_array,
@@ -533,7 +532,7 @@ def test_unknown_executor_lists_every_registered_name(
     real = executors.entry_points
     extra = EntryPoint(
         name="plugin-python",
-        value="executors.python:PythonExecutor",
+        value="rechunker_core.executors.python:PythonExecutor",
         group=executors.ENTRY_POINT_GROUP,
     )
 

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from rechunker_core.cli import main, parse_target_chunks
-from tests.conftest import ArrayFactory, GroupFactory, assert_same_array, snapshot
+from tests.helpers import ArrayFactory, GroupFactory, assert_same_array, snapshot
 
 SHAPE, SOURCE_CHUNKS = (40, 36), (40, 1)
 

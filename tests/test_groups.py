@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from rechunker_core import rechunk
-from tests.conftest import GroupFactory, assert_same_array, assert_same_group
+from tests.helpers import GroupFactory, assert_same_array, assert_same_group
 
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
 

@@ -16,9 +16,9 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from executors.python import PythonExecutor
-from executors.threads import ThreadsExecutor
 from rechunker_core import rechunk
+from rechunker_core.executors.python import PythonExecutor
+from rechunker_core.executors.threads import ThreadsExecutor
 
 MAX_MEM = 32_000_000
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (5000, 10_000), (5000, 20), (20, 10_000)

@@ -20,7 +20,7 @@ from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
 from rechunker_core.algorithm import MAX_PLAN_STAGES, MemoryModel, plan_rechunk
-from tests.conftest import ArrayFactory, snapshot
+from tests.helpers import ArrayFactory, snapshot
 
 Shape = tuple[int, ...]
 

@@ -12,8 +12,6 @@ import hashlib
 import multiprocessing
 import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,13 +25,12 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from zarr.storage import LocalStore
 
-from executors.threads import ThreadsExecutor
 from rechunker_core import rechunk
 from rechunker_core.cli import main
+from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.locations import CLAIM_KEY, overlap, resolve_location
-from tests.conftest import create_array
+from tests.helpers import create_array, run_cli
 
-CLI = [sys.executable, "-m", "rechunker_core.cli"]
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (40, 36), (40, 1), (1, 36)
 #: Small enough that this rechunk needs an intermediate (two stages).
 TWO_STAGES = 2000
@@ -71,10 +68,6 @@ def unchanged(ws: Path) -> Iterator[None]:
     before = tree(ws)
     yield
     assert tree(ws) == before
-
-
-def run_cli(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def expected() -> np.ndarray:

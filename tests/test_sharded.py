@@ -20,7 +20,7 @@ from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore, WrapperStore
 
 from rechunker_core import rechunk
-from tests.conftest import ArrayFactory, assert_same_array, sample_data
+from tests.helpers import ArrayFactory, assert_same_array, sample_data
 
 SHAPE, SOURCE_CHUNKS = (24, 40, 60), (1, 40, 60)
 CHUNKS, SHARDS = (24, 10, 10), (24, 20, 20)  # 2 x 3 shards of 2 x 2 chunks

@@ -20,9 +20,7 @@ import pytest
 from rechunker_core import rechunk
 from rechunker_core.api import describe_plan
 from rechunker_core.sources import DaskRef, open_source
-from tests.conftest import sample_data
-from tests.executors.conftest import prefect_harness  # noqa: F401 (the prefect mode's)
-from tests.executors.executor_modes import MODES, Mode
+from tests.helpers import MODES, Mode, sample_data
 
 SHAPE = (400, 300)
 IRREGULAR = ((7, 130, 13, 250), (3, 140, 157))
@@ -160,7 +158,8 @@ def test_chunk_requests_and_target_format(tmp_path: Path) -> None:
 
 def test_importing_the_core_imports_no_engine() -> None:
     code = (
-        "import sys, rechunker_core, rechunker_core.sources, rechunker_core.api, executors; "
+        "import sys, rechunker_core, rechunker_core.sources, rechunker_core.api; "
+        "import rechunker_core.executors; "
         "print(sorted({'dask', 'xarray', 'prefect', 'apache_beam'} & set(sys.modules)))"
     )
     result = subprocess.run(

@@ -21,7 +21,7 @@ from rechunker_core.geometry import region_slices
 from rechunker_core.locations import StoreLocation
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef
-from tests.conftest import ArrayFactory
+from tests.helpers import ArrayFactory
 
 
 def ref(

@@ -15,7 +15,7 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from rechunker_core import StagedCopySpec, rechunk
-from tests.conftest import ArrayFactory, assert_same_array, sample_data
+from tests.helpers import ArrayFactory, assert_same_array, sample_data
 
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (48, 30, 20), (1, 30, 20), (48, 5, 5)
 #: Small enough that the plan needs an intermediate array.

@@ -19,7 +19,7 @@ import zarr
 
 from rechunker_core import rechunk
 from rechunker_core.api import describe_plan
-from tests.executors.executor_modes import MODES, Mode
+from tests.helpers import MODES, Mode
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The data type .* does not have a Zarr V3 specification"),

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from zarr.storage import MemoryStore
 
-from executors.beam import BeamExecutor
 from rechunker_core import rechunk
-from tests.conftest import ArrayFactory, assert_same_array
-from tests.executors.conftest import Recorded
+from rechunker_core.executors.beam import BeamExecutor
+from tests.helpers import ArrayFactory, Recorded, assert_same_array
 
 beam = pytest.importorskip("apache_beam")
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402

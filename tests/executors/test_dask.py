@@ -17,12 +17,11 @@ import pytest
 import zarr
 from zarr.storage import MemoryStore
 
-from executors.dask import DaskExecutor
 from rechunker_core import CopySpec, StagedCopySpec, rechunk
+from rechunker_core.executors.dask import DaskExecutor
 from rechunker_core.locations import StoreLocation
 from rechunker_core.storage import ZarrRef
-from tests.conftest import ArrayFactory, GroupFactory, assert_same_array
-from tests.executors.conftest import Recorded
+from tests.helpers import ArrayFactory, GroupFactory, Recorded, assert_same_array
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
@@ -148,7 +147,8 @@ def test_processes_refuse_in_memory_stores(make_array: ArrayFactory) -> None:
 
 def test_engines_are_imported_lazily() -> None:
     code = (
-        "import sys, rechunker_core, executors.dask, executors.prefect, executors.beam\n"
+        "import sys, rechunker_core.executors.dask, rechunker_core.executors.prefect\n"
+        "import rechunker_core.executors.beam\n"
         "loaded = {'dask', 'prefect', 'apache_beam'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )

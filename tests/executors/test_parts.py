@@ -8,47 +8,24 @@ suite covers this path too (mode ``parts``).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.testing as npt
 import pytest
 import zarr
 
-from executors.parts import PLAN_FORMAT, load_plan, part_tasks
 from rechunker_core.cli import main
-from tests.conftest import ArrayFactory, GroupFactory, assert_same_array, assert_same_group
-
-CLI = [sys.executable, "-m", "rechunker_core.cli"]
-
-
-def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``rechunker-core ARGS`` in a new process; fail with its stderr if it fails."""
-    done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def run_stages(plan: Path, stages: int, parts: int) -> None:
-    """Run every stage as ``parts`` concurrent ``run-part`` processes."""
-    for stage in range(stages):
-        processes = [
-            subprocess.Popen(
-                [*CLI, *map(str, ("run-part", plan, "--stage", stage, "--part", i))],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(parts)
-        ]
-        for process in processes:
-            out, err = process.communicate()
-            assert process.returncode == 0, err
-            assert f"stage {stage}, part" in out
+from rechunker_core.executors.parts import PLAN_FORMAT, load_plan, part_tasks
+from tests.helpers import (
+    ArrayFactory,
+    GroupFactory,
+    assert_same_array,
+    assert_same_group,
+    run_cli_ok,
+    run_stages,
+)
 
 
 @pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])
@@ -73,7 +50,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
     """The documented workflow: plan --save, N processes per stage, finish."""
     source = make_array(tmp_path / "source.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
     plan = tmp_path / "plan.json"
-    done = run_cli(
+    done = run_cli_ok(
         "plan", tmp_path / "source.zarr",
         "--target-chunks", "1,37", "--max-mem", "3000",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
@@ -88,7 +65,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
     assert not np.any(target[...] == source[...])  # created, not yet written
 
     run_stages(plan, stages, parts=3)
-    run_cli("finish", plan)
+    run_cli_ok("finish", plan)
     assert_same_array(zarr.open_array(tmp_path / "target.zarr", mode="r"), source)
     assert not (tmp_path / "temp.zarr").exists()
 
@@ -96,7 +73,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
 def test_group_plan_lists_every_array(tmp_path: Path, make_group: GroupFactory) -> None:
     source = make_group(tmp_path / "source.zarr")
     plan = tmp_path / "plan.json"
-    done = run_cli(
+    done = run_cli_ok(
         "plan", tmp_path / "source.zarr",
         "--target-chunks", "y=1,x=45,x2=33", "--max-mem", "2500",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
@@ -108,7 +85,7 @@ def test_group_plan_lists_every_array(tmp_path: Path, make_group: GroupFactory) 
     assert stages >= 2
     assert f"stages: {stages}" in done.stdout.splitlines()
     run_stages(plan, stages, parts=2)
-    run_cli("finish", plan)
+    run_cli_ok("finish", plan)
     assert_same_group(zarr.open_group(tmp_path / "target.zarr", mode="r"), source)
     assert not (tmp_path / "temp.zarr").exists()
 

@@ -17,12 +17,11 @@ import numpy.testing as npt
 import pytest
 from zarr.storage import MemoryStore
 
-from executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core import StagedCopySpec, rechunk
+from rechunker_core.executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
 from rechunker_core.geometry import Region
 from rechunker_core.spec import ArrayRef
-from tests.conftest import ArrayFactory, assert_same_array, snapshot
-from tests.executors.conftest import Recorded
+from tests.helpers import ArrayFactory, Recorded, assert_same_array, snapshot
 
 pytest.importorskip("prefect")
 

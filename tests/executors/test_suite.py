@@ -19,14 +19,15 @@ from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
 from rechunker_core.locations import StoreLocation
-from tests.conftest import (
+from tests.helpers import (
+    MODES,
     ArrayFactory,
     GroupFactory,
+    Mode,
     assert_same_array,
     assert_same_group,
     snapshot,
 )
-from tests.executors.executor_modes import MODES, Mode
 
 FORMATS = [2, 3]
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (41, 37), (41, 1), (1, 37)

@@ -159,8 +159,9 @@ def test_delete_forgets_open_arrays(tmp_path: Path, make_array: ArrayFactory) ->
     make_array(str(tmp_path / "t.zarr"), (4,), (2,))
     open_array(location)
     assert any(key[:3] == location.key[:3] for key in storage._cache)
-    location.delete()
+    storage.remove(location)
     assert not any(key[:3] == location.key[:3] for key in storage._cache)
+    assert not (tmp_path / "t.zarr").exists()
 
 
 # --------------------------------------------------------------------------

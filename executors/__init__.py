@@ -10,7 +10,7 @@ whether or not their engine is installed.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_EXECUTORS",
     "Executor",
-    "Progress",
     "get_executor",
     "import_engine",
     "refuse_in_memory",
@@ -32,9 +31,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: Called as ``progress(tasks_done, tasks_total)`` as tasks finish.
-Progress = Callable[[int, int], None]
 
 #: Built-in executor names and where they live.
 BUILTIN_EXECUTORS: dict[str, str] = {

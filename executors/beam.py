@@ -1,14 +1,14 @@
 """Apache Beam: the plan is a ``PTransform`` applied as ``pipeline | rechunked.plan``.
 
 Stage ``k`` of every array (a *round*, see
-:func:`rechunker_core.copy.stages_in_order`) becomes::
+:func:`rechunker_core.copy.rounds`) becomes::
 
-    seed -FlatMap(task numbers, side input: barrier k-1)-> Reshuffle -Map(copy)->
+    seed -FlatMap(batches, side input: barrier k-1)-> Reshuffle -Map(copy)->
         CombineGlobally(sum) = barrier k
 
 A side input is complete only when everything upstream of it has finished, on
 every runner, so no task of round ``k`` starts before every task of round
-``k - 1`` is done. Reshuffle spreads the task numbers, generated on one
+``k - 1`` is done. Reshuffle spreads the batches, generated on one
 worker, over all workers. After the last barrier one element runs
 :func:`rechunker_core.copy.finish`.
 """
@@ -19,9 +19,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.copy import Batch, Round, finish, rounds, run_batch
 from rechunker_core.executors import import_engine, refuse_in_memory
-from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["BeamExecutor"]
 
@@ -125,12 +125,13 @@ def _rechunk_class() -> type:
         def expand(self, pbegin: Any) -> Any:
             seed = pbegin | "Seed" >> beam.Create([None])
             barrier: list[Any] = []
-            for k, round_ in enumerate(stages_in_order(self.specs)):
+            for round_ in rounds(self.specs):
+                k = round_.number
                 done = (
                     seed
-                    | f"Stage {k}: tasks" >> beam.FlatMap(_task_numbers, round_, *barrier)
+                    | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
                     | f"Stage {k}: spread" >> beam.Reshuffle()
-                    | f"Stage {k}: copy" >> beam.Map(_copy_task, round_)
+                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_)
                     | f"Stage {k}: barrier" >> beam.CombineGlobally(sum)
                 )
                 barrier = [AsSingleton(done)]
@@ -152,17 +153,15 @@ def __getattr__(name: str) -> Any:
 # input: waited for, then ignored.
 
 
-def _task_numbers(
-    seed: None, round_: list[CopySpec], barrier: Any = None
-) -> Iterator[tuple[int, int]]:
-    for index, stage in enumerate(round_):
-        for task in range(stage.num_tasks):
-            yield index, task
+def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[int, int, int]]:
+    # Small elements (stage index, first task, stop): the round travels once, with the DoFn.
+    for batch in round_.batches():
+        yield round_.stages.index(batch.stage), batch.tasks.start, batch.tasks.stop
 
 
-def _copy_task(element: tuple[int, int], round_: list[CopySpec]) -> int:
-    index, task = element
-    return copy_tasks(round_[index], (task,))
+def _copy_batch(element: tuple[int, int, int], round_: Round) -> int:
+    index, start, stop = element
+    return run_batch(Batch(round_.stages[index], range(start, stop)))
 
 
 def _finish(seed: None, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:

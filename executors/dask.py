@@ -21,7 +21,6 @@ array reads only what stage 0 of that same array wrote.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import uuid
@@ -29,18 +28,11 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from rechunker_core.copy import copy_tasks, finish
+from rechunker_core.copy import Batch, Round, finish, run_batch
 from rechunker_core.executors import import_engine, refuse_in_memory
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
 __all__ = ["DaskExecutor"]
-
-#: With ``batch_size=None``, copy tasks smaller than this are batched so one
-#: dask task moves about this many bytes (the scheduler costs ~1-2 ms a task)...
-MIN_BATCH_BYTES = 4 * 2**20
-#: ...but a stage keeps at least this many dask tasks, so batching never
-#: starves the workers.
-MIN_BATCHES_PER_STAGE = 1000
 
 
 class DaskExecutor:
@@ -52,9 +44,8 @@ class DaskExecutor:
     Parameters
     ----------
     batch_size : int, optional
-        Copy tasks per dask task. By default tiny copy tasks are batched (so a
-        dask task moves at least :data:`MIN_BATCH_BYTES` while a stage keeps
-        at least :data:`MIN_BATCHES_PER_STAGE` dask tasks) and others are not.
+        Copy tasks per dask task. By default tiny copy tasks are batched
+        (see :meth:`rechunker_core.copy.Round.batches`) and others are not.
     **compute_kwargs
         Defaults for :func:`dask.compute` in :meth:`execute_plan`, such as
         ``scheduler="processes"`` or ``scheduler=client``.
@@ -98,12 +89,11 @@ class DaskExecutor:
             after: tuple[Any, ...] = ()
             for k, stage in enumerate(spec.stages):
                 origin = _this_process() if _in_memory(stage) else None
-                size = self.batch_size or _auto_batch_size(stage)
                 copies = []
-                for b, start in enumerate(range(0, stage.num_tasks, size)):
+                # Each array's stages chain on their own: a round of one stage.
+                for b, batch in enumerate(Round(k, (stage,)).batches(self.batch_size)):
                     key = (copy_name, s, k, b)
-                    stop = min(start + size, stage.num_tasks)
-                    graph[key] = Task(key, _copy_batch, stage, start, stop, origin, *after)
+                    graph[key] = Task(key, _copy_batch, batch, origin, *after)
                     copies.append(TaskRef(key))
                 barrier = (barrier_name, s, k)
                 graph[barrier] = Task(barrier, _barrier, *copies)
@@ -135,21 +125,6 @@ class DaskExecutor:
         dask.compute(plan, **kwargs)
 
 
-def _auto_batch_size(stage: CopySpec) -> int:
-    """Copy tasks per dask task for ``stage`` when the user did not choose.
-
-    >>> from types import SimpleNamespace as NS
-    >>> import numpy as np
-    >>> big = NS(task_chunks=(1000, 1000), source=NS(dtype=np.dtype("f8")), num_tasks=50)
-    >>> tiny = NS(task_chunks=(10, 10), source=NS(dtype=np.dtype("f8")), num_tasks=10**5)
-    >>> _auto_batch_size(big), _auto_batch_size(tiny)
-    (1, 100)
-    """
-    task_bytes = math.prod(stage.task_chunks) * stage.source.dtype.itemsize
-    by_bytes = MIN_BATCH_BYTES // max(task_bytes, 1)
-    return max(1, min(by_bytes, stage.num_tasks // MIN_BATCHES_PER_STAGE))
-
-
 def _in_memory(stage: CopySpec) -> bool:
     locations = (getattr(ref, "location", None) for ref in (stage.source, stage.target))
     return any(location is not None and location.in_memory for location in locations)
@@ -177,12 +152,10 @@ def _uses_other_processes(scheduler: Any) -> bool:
 # for; their values are ignored.
 
 
-def _copy_batch(
-    stage: CopySpec, start: int, stop: int, origin: tuple[str, int] | None, *after: Any
-) -> int:
+def _copy_batch(batch: Batch, origin: tuple[str, int] | None, *after: Any) -> int:
     if origin is not None and origin != _this_process():
-        refuse_in_memory([StagedCopySpec((stage,))], "dask")
-    return copy_tasks(stage, range(start, stop))
+        refuse_in_memory([StagedCopySpec((batch.stage,))], "dask")
+    return run_batch(batch)
 
 
 def _barrier(*copied: int) -> int:

@@ -7,7 +7,8 @@ The workflow::
     rechunker-core run-part plan.json --stage 1 --part I      # after every part of stage 0
     rechunker-core finish plan.json                           # after every stage
 
-Each part copies a contiguous share of its stage's tasks (:func:`part_tasks`).
+Each part copies a contiguous share of its stage's tasks
+(:meth:`rechunker_core.copy.Round.part`).
 When a part finishes it leaves a marker in ``plan.json.done/``, N small files
 per stage; a part of stage ``k`` refuses to start until every part of stage
 ``k - 1`` left its marker, and ``finish`` refuses until every stage is done.
@@ -27,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.copy import Round, finish, rounds, run_batch
 from rechunker_core.executors import refuse_in_memory
-from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = [
     "PLAN_FORMAT",
@@ -37,7 +38,6 @@ __all__ = [
     "SavedPlan",
     "finish_plan",
     "load_plan",
-    "part_tasks",
     "run_part",
     "save_plan",
 ]
@@ -63,9 +63,9 @@ class SavedPlan:
         self.parts = parts
 
     @property
-    def rounds(self) -> list[list[CopySpec]]:
+    def rounds(self) -> list[Round]:
         """The stages of the plan, each a round over every array."""
-        return list(stages_in_order(self.specs))
+        return rounds(self.specs)
 
     def marker(self, stage: int, part: int) -> Path:
         """The file that says part ``part`` of stage ``stage`` finished."""
@@ -134,28 +134,6 @@ def _refuse_in_memory(specs: Sequence[StagedCopySpec]) -> None:
     refuse_in_memory(specs, "parts")
 
 
-def part_tasks(round_: Sequence[CopySpec], part: int, parts: int) -> list[tuple[CopySpec, range]]:
-    """Return the tasks part ``part`` of ``parts`` runs: contiguous, and together exact.
-
-    The round's tasks are numbered one after another, stage by stage; part
-    ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
-
-    >>> from types import SimpleNamespace as NS
-    >>> a, b = NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)
-    >>> [[(s.name, r) for s, r in part_tasks([a, b], i, 3)] for i in range(3)]
-    [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
-    """
-    total = sum(stage.num_tasks for stage in round_)
-    low, high = part * total // parts, (part + 1) * total // parts
-    tasks, offset = [], 0
-    for stage in round_:
-        start, stop = max(low, offset), min(high, offset + stage.num_tasks)
-        if start < stop:
-            tasks.append((stage, range(start - offset, stop - offset)))
-        offset += stage.num_tasks
-    return tasks
-
-
 def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -> int:
     """Run part ``part`` of stage ``stage``; return how many tasks it copied.
 
@@ -183,7 +161,7 @@ def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -
     for spec in plan.specs:
         for claim in spec.claims:
             claim.renew()
-    copied = sum(copy_tasks(s, tasks) for s, tasks in part_tasks(rounds[stage], part, plan.parts))
+    copied = sum(run_batch(batch) for batch in rounds[stage].part(part, plan.parts))
     marker = plan.marker(stage, part)
     marker.parent.mkdir(exist_ok=True)
     marker.write_text(f"{copied} tasks\n")

@@ -1,10 +1,10 @@
 """Prefect 3: the plan is a flow that runs the stages in order when called.
 
 Within a stage (a round: stage ``k`` of every array, see
-:func:`rechunker_core.copy.stages_in_order`) the copy tasks are cut into
-contiguous batches, and each batch is one Prefect task run submitted to the
-flow's task runner; the flow waits for every batch of a stage before it
-submits the next stage. A last task run deletes the intermediates.
+:func:`rechunker_core.copy.rounds`) the copy tasks are cut into contiguous
+batches (:meth:`rechunker_core.copy.Round.batches`), and each batch is one
+Prefect task run submitted to the flow's task runner; the flow waits for
+every batch of a stage before it submits the next stage. A last task run deletes the intermediates.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from rechunker_core.copy import copy_tasks, finish, stages_in_order
+from rechunker_core.copy import Batch, finish, rounds, run_batch
 from rechunker_core.executors import import_engine, refuse_in_memory
-from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["QUIET_SETTINGS", "PrefectExecutor"]
 
@@ -49,9 +49,9 @@ class PrefectExecutor:
         thread may hold ``max_mem`` of data). A ``DaskTaskRunner`` from
         ``prefect-dask`` runs them on a dask cluster.
     batch_size : int, optional
-        Copy tasks per task run. By default each copy task is a run, except
-        that a stage becomes at most :data:`MAX_RUNS_PER_STAGE` runs (of
-        consecutive tasks, in batches of nearly equal size).
+        Copy tasks per task run. By default tiny copy tasks are batched (see
+        :meth:`rechunker_core.copy.Round.batches`), and a stage becomes at
+        most :data:`MAX_RUNS_PER_STAGE` runs.
     retries : int
         Prefect retries of a failed batch (a batch may safely run again: every
         copy task rewrites whole chunks).
@@ -110,7 +110,7 @@ class PrefectExecutor:
         copy = prefect.task(
             _copy_batch,
             name="copy",
-            task_run_name="stage {stage_number}: tasks {start}-{stop}",
+            task_run_name="stage {stage_number}: tasks {first}-{last}",
             **options,
         )
         cleanup = prefect.task(_finish, name="finish", **options)
@@ -120,11 +120,10 @@ class PrefectExecutor:
             context = FlowRunContext.get()
             if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
                 refuse_in_memory(specs, "prefect")
-            for k, round_ in enumerate(stages_in_order(specs)):
+            for round_ in rounds(specs):
                 futures = [
-                    copy.submit(quote(stage), start, stop, k)
-                    for stage in round_
-                    for start, stop in _batches(stage, batch_size)
+                    copy.submit(quote(batch), round_.number, batch.tasks[0], batch.tasks[-1])
+                    for batch in round_.batches(batch_size, most=MAX_RUNS_PER_STAGE)
                 ]
                 for future in futures:
                     future.result()
@@ -140,28 +139,12 @@ class PrefectExecutor:
         (plan.with_options(**kwargs) if kwargs else plan)()
 
 
-def _batches(stage: CopySpec, batch_size: int | None) -> list[tuple[int, int]]:
-    """Cut the tasks of ``stage`` into contiguous ``(start, stop)`` ranges.
-
-    >>> from types import SimpleNamespace as NS
-    >>> _batches(NS(num_tasks=5), 2)
-    [(0, 2), (2, 4), (4, 5)]
-    >>> _batches(NS(num_tasks=10**5), None)[:2]  # MAX_RUNS_PER_STAGE runs
-    [(0, 200), (200, 400)]
-    """
-    n = stage.num_tasks
-    if batch_size is None:
-        runs = min(n, MAX_RUNS_PER_STAGE)
-        return [(i * n // runs, (i + 1) * n // runs) for i in range(runs)]
-    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-
-
 # The functions Prefect runs.
 
 
-def _copy_batch(stage: CopySpec, start: int, stop: int, stage_number: int) -> int:
-    # ``stage_number`` only names the task run in the UI.
-    return copy_tasks(stage, range(start, stop))
+def _copy_batch(batch: Batch, stage_number: int, first: int, last: int) -> int:
+    # ``stage_number``, ``first`` and ``last`` only name the task run in the UI.
+    return run_batch(batch)
 
 
 def _finish(specs: tuple[StagedCopySpec, ...]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rechunker_core.copy import copy_region, finish, stages_in_order
-from rechunker_core.executors import Progress
+from rechunker_core.copy import Progress, run_local
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["PythonExecutor"]
@@ -27,18 +26,9 @@ class PythonExecutor:
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Plan:
         """Return a callable that runs ``specs``."""
         specs = tuple(specs)
-        total = sum(spec.num_tasks for spec in specs)
 
         def plan(progress: Progress | None = None) -> None:
-            done = 0
-            for round_ in stages_in_order(specs):
-                for stage in round_:
-                    for region in stage.task_regions():
-                        copy_region(stage, region)
-                        done += 1
-                        if progress:
-                            progress(done, total)
-            finish(specs)
+            run_local(specs, 1, progress)
 
         return plan
 

@@ -101,7 +101,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"saved {args.save} ({args.parts} part(s) per stage)")
     print(f"stages: {len(rounds)}")
     for k, round_ in enumerate(rounds):
-        print(f"stage {k}: {sum(stage.num_tasks for stage in round_)} tasks")
+        print(f"stage {k}: {round_.num_tasks} tasks")
     return 0
 
 

@@ -1,15 +1,54 @@
-"""The one place data moves: every executor calls these, and nothing else copies."""
+"""The one place data moves, and the one notion of how tasks are grouped.
+
+Every executor calls these, and nothing else copies:
+
+- :func:`copy_region` copies one task's region; :func:`run_batch` a run of
+  consecutive tasks.
+- :func:`rounds` groups the stages of several specs into :class:`Round` s:
+  round ``k`` is stage ``k`` of every spec, and every task of a round must
+  finish before the next round starts. A round cuts its tasks into
+  :class:`Batch` es (:meth:`Round.batches`, for engines that pay per task) or
+  into the contiguous shares of independent processes (:meth:`Round.part`).
+- :class:`Tracker` counts finished batches and reports progress, whichever
+  executor ran them.
+- :func:`finish` is the last step of every plan.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from itertools import zip_longest
 
 from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import remove
 
-__all__ = ["copy_region", "copy_tasks", "finish", "stages_in_order"]
+__all__ = [
+    "MIN_BATCH_BYTES",
+    "Batch",
+    "Progress",
+    "Round",
+    "Tracker",
+    "copy_region",
+    "finish",
+    "rounds",
+    "run_batch",
+    "run_local",
+]
+
+#: Called as ``progress(tasks_done, tasks_total)`` as tasks finish.
+Progress = Callable[[int, int], None]
+
+#: Automatic batches move at least this many bytes, so an engine's per-task
+#: overhead (milliseconds on a dask scheduler or a Prefect server) stays small
+#: against the copy...
+MIN_BATCH_BYTES = 4 * 2**20
+#: ...but a round keeps at least this many batches (when it has that many
+#: tasks), so batching never starves the workers.
+MIN_BATCHES_PER_ROUND = 1000
 
 
 def copy_region(stage: CopySpec, region: Region) -> None:
@@ -17,13 +56,179 @@ def copy_region(stage: CopySpec, region: Region) -> None:
     stage.target.write(region, stage.source.read(region))
 
 
-def copy_tasks(stage: CopySpec, tasks: Iterable[int]) -> int:
-    """Copy the regions of the given task numbers; return how many were copied."""
-    count = 0
-    for task in tasks:
-        copy_region(stage, stage.task_region(task))
-        count += 1
-    return count
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive tasks of one stage: the unit an engine schedules.
+
+    >>> from types import SimpleNamespace as NS
+    >>> Batch(NS(), range(3, 7)).num_tasks
+    4
+    """
+
+    stage: CopySpec
+    tasks: range
+
+    @property
+    def num_tasks(self) -> int:
+        """How many copy tasks the batch holds."""
+        return len(self.tasks)
+
+
+def run_batch(batch: Batch) -> int:
+    """Copy every task of ``batch``; return how many were copied."""
+    for task in batch.tasks:
+        copy_region(batch.stage, batch.stage.task_region(task))
+    return batch.num_tasks
+
+
+def _split(stage: CopySpec, size: int) -> Iterator[Batch]:
+    for start in range(0, stage.num_tasks, size):
+        yield Batch(stage, range(start, min(start + size, stage.num_tasks)))
+
+
+@dataclass(frozen=True)
+class Round:
+    """Stage ``number`` of every spec that has one: tasks that may run at once."""
+
+    number: int
+    stages: tuple[CopySpec, ...]
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks over every stage of the round."""
+        return sum(stage.num_tasks for stage in self.stages)
+
+    def tasks(self) -> Iterator[Batch]:
+        """Every task as a batch of one, lazily."""
+        return self.batches(1)
+
+    def batches(self, size: int | None = None, most: int | None = None) -> Iterator[Batch]:
+        """Cut each stage's tasks into batches of consecutive tasks, lazily.
+
+        Parameters
+        ----------
+        size : int, optional
+            Tasks per batch. By default small tasks are grouped so a batch
+            moves about :data:`MIN_BATCH_BYTES`, while the round keeps at
+            least :data:`MIN_BATCHES_PER_ROUND` batches.
+        most : int, optional
+            Most batches per stage (batches grow to stay within it).
+
+        >>> from types import SimpleNamespace as NS
+        >>> import numpy as np
+        >>> def stage(n, side):
+        ...     return NS(num_tasks=n, task_chunks=(side, side), source=NS(dtype=np.dtype("f8")))
+        >>> big, tiny = stage(50, 1000), stage(10**5, 10)
+        >>> [b.num_tasks for b in Round(0, (big,)).batches()][:2]
+        [1, 1]
+        >>> [b.num_tasks for b in Round(0, (tiny,)).batches()][:2]
+        [100, 100]
+        >>> [b.tasks for b in Round(0, (stage(5, 10),)).batches(2)]
+        [range(0, 2), range(2, 4), range(4, 5)]
+        >>> len(list(Round(0, (tiny,)).batches(most=7)))
+        7
+        """
+        for stage in self.stages:
+            chosen = size or self._auto_size(stage)
+            if most is not None:
+                chosen = max(chosen, math.ceil(stage.num_tasks / most))
+            yield from _split(stage, chosen)
+
+    def _auto_size(self, stage: CopySpec) -> int:
+        task_bytes = math.prod(stage.task_chunks) * stage.source.dtype.itemsize
+        by_bytes = MIN_BATCH_BYTES // max(task_bytes, 1)
+        return max(1, min(by_bytes, self.num_tasks // MIN_BATCHES_PER_ROUND))
+
+    def part(self, part: int, parts: int) -> list[Batch]:
+        """The tasks part ``part`` of ``parts`` runs: contiguous, and together exact.
+
+        The round's tasks are numbered one after another, stage by stage; part
+        ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
+
+        >>> from types import SimpleNamespace as NS
+        >>> r = Round(0, (NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)))
+        >>> [[(b.stage.name, b.tasks) for b in r.part(i, 3)] for i in range(3)]
+        [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
+        """
+        low, high = part * self.num_tasks // parts, (part + 1) * self.num_tasks // parts
+        batches, offset = [], 0
+        for stage in self.stages:
+            start, stop = max(low, offset), min(high, offset + stage.num_tasks)
+            if start < stop:
+                batches.append(Batch(stage, range(start - offset, stop - offset)))
+            offset += stage.num_tasks
+        return batches
+
+
+def rounds(specs: Sequence[StagedCopySpec]) -> list[Round]:
+    """Group the stages of several specs into rounds.
+
+    >>> from types import SimpleNamespace as NS
+    >>> [len(r.stages) for r in rounds([NS(stages=(1, 2)), NS(stages=(3,))])]
+    [2, 1]
+    """
+    return [
+        Round(k, tuple(stage for stage in round_ if stage is not None))
+        for k, round_ in enumerate(zip_longest(*(spec.stages for spec in specs)))
+    ]
+
+
+class Tracker:
+    """Counts finished tasks of a plan and reports them to ``progress``.
+
+    Every executor reports through one of these, from the process that
+    drives the run, as batches finish.
+    """
+
+    def __init__(self, specs: Sequence[StagedCopySpec], progress: Progress | None) -> None:
+        self.total = sum(spec.num_tasks for spec in specs)
+        self.done = 0
+        self._progress = progress
+
+    def finished(self, tasks: int) -> None:
+        """Note that ``tasks`` more tasks finished."""
+        self.done += tasks
+        if self._progress is not None:
+            self._progress(self.done, self.total)
+
+
+def run_local(
+    specs: Sequence[StagedCopySpec], workers: int, progress: Progress | None = None
+) -> None:
+    """Run a plan in this process: in the calling thread, or on ``workers`` threads.
+
+    Threads take batches of one task, a few at a time, so a plan of millions
+    of tasks never holds millions of futures. The first failure cancels what
+    is queued and is raised; the intermediates then stay for a rerun.
+    """
+    tracker = Tracker(specs, progress)
+    if workers <= 1:
+        for round_ in rounds(specs):
+            for batch in round_.tasks():
+                tracker.finished(run_batch(batch))
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="rechunk") as pool:
+            for round_ in rounds(specs):
+                for copied in _bounded(pool, round_.tasks(), 2 * workers):
+                    tracker.finished(copied)
+    finish(specs)
+
+
+def _bounded(pool: ThreadPoolExecutor, batches: Iterable[Batch], limit: int) -> Iterator[int]:
+    """Run batches on ``pool`` with at most ``limit`` in flight; yield each one's count."""
+    pending: set[Future[int]] = set()
+    try:
+        for batch in batches:
+            if len(pending) >= limit:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in finished)
+            pending.add(pool.submit(run_batch, batch))
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (future.result() for future in finished)
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def finish(specs: Iterable[StagedCopySpec]) -> None:
@@ -42,17 +247,3 @@ def finish(specs: Iterable[StagedCopySpec]) -> None:
     for spec in specs:
         for claim in spec.claims:
             claim.release()
-
-
-def stages_in_order(specs: Sequence[StagedCopySpec]) -> Iterator[list[CopySpec]]:
-    """Group the copies of several specs into rounds that may run concurrently.
-
-    Round ``k`` holds stage ``k`` of every spec that has one; every task of a
-    round must finish before the next round starts.
-
-    >>> from types import SimpleNamespace as NS
-    >>> [len(r) for r in stages_in_order([NS(stages=(1, 2)), NS(stages=(3,))])]
-    [2, 1]
-    """
-    for round_ in zip_longest(*(spec.stages for spec in specs)):
-        yield [stage for stage in round_ if stage is not None]

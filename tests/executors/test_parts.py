@@ -17,7 +17,7 @@ import pytest
 import zarr
 
 from rechunker_core.cli import main
-from rechunker_core.executors.parts import PLAN_FORMAT, load_plan, part_tasks
+from rechunker_core.executors.parts import PLAN_FORMAT, load_plan
 from tests.helpers import (
     ArrayFactory,
     GroupFactory,
@@ -26,24 +26,6 @@ from tests.helpers import (
     run_cli_ok,
     run_stages,
 )
-
-
-@pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])
-def test_parts_cover_each_task_once(total: int, parts: int) -> None:
-    from types import SimpleNamespace
-
-    sizes = [total // 3, 0, total - total // 3]
-    round_ = [SimpleNamespace(name=i, num_tasks=n) for i, n in enumerate(sizes)]
-    seen = [
-        (stage.name, task)
-        for part in range(parts)
-        for stage, tasks in part_tasks(round_, part, parts)  # type: ignore[arg-type]
-        for task in tasks
-    ]
-    expected = [(i, task) for i, n in enumerate(sizes) for task in range(n)]
-    assert seen == expected  # in order, so each exactly once
-    counts = [sum(len(t) for _, t in part_tasks(round_, p, parts)) for p in range(parts)]  # type: ignore[arg-type]
-    assert max(counts) - min(counts) <= 1
 
 
 def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from zarr.storage import MemoryStore
 
 from rechunker_core import StagedCopySpec, rechunk
-from rechunker_core.executors.prefect import MAX_RUNS_PER_STAGE, PrefectExecutor, _batches
+from rechunker_core.executors.prefect import PrefectExecutor
 from rechunker_core.geometry import Region
 from rechunker_core.spec import ArrayRef
 from tests.helpers import ArrayFactory, Recorded, assert_same_array, snapshot
@@ -36,16 +35,6 @@ def test_plan_is_a_flow_run_by_calling_it(recorded: Recorded) -> None:
     assert plan() is None
     recorded.check()
     assert not recorded.spec.stages[0].target.location.exists()
-
-
-@pytest.mark.parametrize("tasks", [1, 7, 500, 501, 10**5 + 3])
-def test_batches_cover_every_task_once_in_few_runs(tasks: int) -> None:
-    for size in (None, 1, 64):
-        batches = _batches(SimpleNamespace(num_tasks=tasks), size)  # type: ignore[arg-type]
-        covered = [task for start, stop in batches for task in range(start, stop)]
-        assert covered == list(range(tasks))
-        if size is None:
-            assert len(batches) == min(tasks, MAX_RUNS_PER_STAGE)
 
 
 @dataclass(frozen=True)

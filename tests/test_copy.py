@@ -1,0 +1,70 @@
+"""Rounds, batches and parts: every task exactly once, whatever the grouping."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rechunker_core.copy import MIN_BATCHES_PER_ROUND, Round, Tracker
+
+
+def stage(name: int, tasks: int, side: int = 10) -> Any:
+    return SimpleNamespace(
+        name=name,
+        num_tasks=tasks,
+        task_chunks=(side, side),
+        source=SimpleNamespace(dtype=np.dtype("f8")),
+    )
+
+
+def a_round(total: int) -> Round:
+    sizes = [total // 3, 0, total - total // 3]
+    return Round(0, tuple(stage(i, n) for i, n in enumerate(sizes)))
+
+
+def every_task(round_: Round) -> list[tuple[int, int]]:
+    return [(s.name, task) for s in round_.stages for task in range(s.num_tasks)]
+
+
+@pytest.mark.parametrize(("total", "parts"), [(0, 3), (1, 4), (7, 3), (10, 10), (97, 8)])
+def test_parts_cover_each_task_once(total: int, parts: int) -> None:
+    round_ = a_round(total)
+    seen = [
+        (batch.stage.name, task)
+        for part in range(parts)
+        for batch in round_.part(part, parts)
+        for task in batch.tasks
+    ]
+    assert seen == every_task(round_)  # in order, so each exactly once
+    counts = [sum(b.num_tasks for b in round_.part(p, parts)) for p in range(parts)]
+    assert max(counts) - min(counts) <= 1
+
+
+@pytest.mark.parametrize("total", [1, 7, 500, 501, 10**5 + 3])
+@pytest.mark.parametrize(("size", "most"), [(None, None), (1, None), (64, None), (None, 500)])
+def test_batches_cover_every_task_once(total: int, size: int | None, most: int | None) -> None:
+    round_ = a_round(total)
+    batches = list(round_.batches(size, most))
+    seen = [(batch.stage.name, task) for batch in batches for task in batch.tasks]
+    assert seen == every_task(round_)
+    per_stage = [sum(b.stage is s for b in batches) for s in round_.stages]
+    if most is not None:
+        assert max(per_stage) <= most
+    if size is not None:
+        assert all(b.num_tasks <= size for b in batches)
+    if size is None and most is None:
+        # Tiny tasks are batched, but never into fewer batches than the workers need.
+        assert len(batches) >= min(total, MIN_BATCHES_PER_ROUND) - 2
+
+
+def test_tracker_reports_every_task() -> None:
+    heard: list[tuple[int, int]] = []
+    tracker = Tracker(
+        [SimpleNamespace(num_tasks=5)], lambda done, total: heard.append((done, total))
+    )  # type: ignore[list-item]
+    for tasks in (2, 0, 3):
+        tracker.finished(tasks)
+    assert heard == [(2, 5), (2, 5), (5, 5)]

@@ -1,4 +1,4 @@
-"""How long rechunker_core's planner takes: milliseconds per ``plan_rechunk`` call.
+"""How long rechunker_core's planner takes: milliseconds per ``plan_layout`` call.
 
 Run from the repository root::
 
@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from rechunker_core.algorithm import Plan, plan_rechunk
+from rechunker_core.algorithm import Layout, plan_layout
 from rechunker_core.api import parse_bytes
 
 
@@ -68,14 +68,14 @@ WORKLOADS = [
 ]
 
 
-def time_plan(workload: Workload, repeat: int) -> tuple[list[float], Plan]:
+def time_plan(workload: Workload, repeat: int) -> tuple[list[float], Layout]:
     """Seconds of each of ``repeat`` plans, and the plan."""
     max_mem = parse_bytes(workload.max_mem)
     times = []
     plan = None
     for _ in range(repeat):
         start = time.perf_counter()
-        plan = plan_rechunk(
+        plan = plan_layout(
             workload.shape,
             workload.itemsize,
             workload.source_chunks,

@@ -1,7 +1,7 @@
 """Planning math: how many stages, which intermediate chunks, which task regions.
 
 Pure functions over shapes and chunk sizes: no I/O, no zarr, no dask. The
-planner that :func:`rechunker_core.rechunk` uses is :func:`plan_rechunk`;
+planner that :func:`rechunker_core.rechunk` uses is :func:`plan_layout`;
 ``docs/algorithm.md`` explains it with pictures. The functions rechunker users
 call (``rechunking_plan``, ``multistage_rechunking_plan``, ...) live in
 :mod:`rechunker_core.compat` and are re-exported here unchanged.
@@ -32,29 +32,30 @@ from rechunker_core.compat import (
     multistage_rechunking_plan,
     rechunking_plan,
 )
+from rechunker_core.geometry import ceil_div
 
 __all__ = [
     "MAX_STAGES",
     "CostModel",
     "ExcessiveIOWarning",
+    "Layout",
     "MemoryModel",
-    "Plan",
-    "StagePlan",
+    "StageLayout",
     "calculate_single_stage_io_ops",
     "calculate_stage_chunks",
     "consolidate_chunks",
     "dim_overlap",
     "floor_sum",
     "multistage_rechunking_plan",
-    "plan_rechunk",
+    "plan_layout",
     "rechunking_plan",
 ]
 
 Shape = tuple[int, ...]
 
-#: Most stages :func:`plan_rechunk` considers. Each stage reads and writes the
+#: Most stages :func:`plan_layout` considers. Each stage reads and writes the
 #: whole array once, so a plan past three stages is almost never cheaper.
-MAX_PLAN_STAGES = 4
+MAX_LAYOUT_STAGES = 4
 
 # A two-stage search tries every combination of per-dimension intermediate
 # sizes up to this many; past it, it keeps the geometric chain only.
@@ -169,10 +170,6 @@ def dim_overlap(size: int, region: int, chunk: int) -> DimOverlap:
     return DimOverlap(touched, elements, most)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 # --------------------------------------------------------------------------
 # Cost and memory models
 # --------------------------------------------------------------------------
@@ -245,7 +242,7 @@ class CostModel:
     task_seconds: float = 1e-3
     parallelism: int = field(default_factory=lambda: os.cpu_count() or 1)
 
-    def stage_seconds(self, stage: StagePlan) -> float:
+    def stage_seconds(self, stage: StageLayout) -> float:
         """Return the estimated wall time of one stage."""
         work = (
             self.op_seconds * (stage.read_ops + stage.write_ops)
@@ -261,7 +258,7 @@ class CostModel:
 
 
 @dataclass(frozen=True)
-class StagePlan:
+class StageLayout:
     """One copy stage: its chunk grids, task regions and what it costs.
 
     Attributes
@@ -295,14 +292,14 @@ class StagePlan:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Layout:
     """A chain of stages from the source chunks to the target chunks.
 
     Attributes
     ----------
     shape : tuple of int
     itemsize : int
-    stages : tuple of StagePlan
+    stages : tuple of StageLayout
         ``stages[i]`` reads array ``i`` and writes array ``i + 1``; arrays
         ``1 .. n-1`` are intermediates.
     seconds : float
@@ -311,7 +308,7 @@ class Plan:
 
     shape: Shape
     itemsize: int
-    stages: tuple[StagePlan, ...]
+    stages: tuple[StageLayout, ...]
     seconds: float
 
     @property
@@ -369,7 +366,7 @@ def evaluate_stage(
     write_chunks: Shape,
     task_chunks: Shape,
     memory: MemoryModel,
-) -> StagePlan:
+) -> StageLayout:
     """Count the work and peak memory of one stage with the given task regions.
 
     ``task_chunks`` must be a multiple of ``write_chunks`` in every dimension
@@ -383,18 +380,16 @@ def evaluate_stage(
     write_chunks = _clip(write_chunks, shape)
     task_chunks = _clip(task_chunks, shape)
     overlaps = [dim_overlap(n, r, p) for n, r, p in zip(shape, task_chunks, read_chunks)]
-    num_tasks = math.prod(_ceil_div(n, r) for n, r in zip(shape, task_chunks))
-    write_ops = math.prod(_ceil_div(n, q) for n, q in zip(shape, write_chunks))
+    num_tasks = math.prod(ceil_div(n, r) for n, r in zip(shape, task_chunks))
+    write_ops = math.prod(ceil_div(n, q) for n, q in zip(shape, write_chunks))
     peak = memory.task_peak(
         region_bytes=math.prod(task_chunks) * itemsize,
         read_chunks_in_flight=math.prod(o.max_chunks for o in overlaps),
         read_chunk_bytes=math.prod(read_chunks) * itemsize,
-        write_chunks_in_flight=math.prod(
-            _ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)
-        ),
+        write_chunks_in_flight=math.prod(ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)),
         write_chunk_bytes=math.prod(write_chunks) * itemsize,
     )
-    return StagePlan(
+    return StageLayout(
         read_chunks=read_chunks,
         write_chunks=write_chunks,
         task_chunks=task_chunks,
@@ -436,7 +431,7 @@ def plan_stage(
     max_mem: int,
     memory: MemoryModel,
     cost: CostModel,
-) -> StagePlan | None:
+) -> StageLayout | None:
     """Choose task regions for one stage: the cheapest that fit ``max_mem``.
 
     Starts from one write chunk per task and grows the region one dimension at
@@ -587,24 +582,114 @@ def _chains(shape: Shape, source: Shape, target: Shape, stages: int) -> Iterator
         yield [tuple(dim[i] for dim in per_dim_chain) for i in range(stages + 1)]
 
 
-def plan_rechunk(
+@dataclass(frozen=True)
+class _Problem:
+    """What every candidate chain of one planning call shares."""
+
+    shape: Shape
+    itemsize: int
+    max_mem: int
+    source_memory: MemoryModel
+    memory: MemoryModel
+    cost: CostModel
+
+    def stages(self, chain: list[Shape]) -> Iterator[tuple[Shape, Shape, MemoryModel]]:
+        """Each stage of ``chain`` as (read chunks, write chunks, memory model)."""
+        for i, (read, write) in enumerate(pairwise(chain)):
+            yield read, write, self.source_memory if i == 0 else self.memory
+
+    def evaluate(self, read: Shape, write: Shape, task: Shape, model: MemoryModel) -> StageLayout:
+        """One stage of this problem with the given task regions."""
+        return evaluate_stage(self.shape, self.itemsize, read, write, task, model)
+
+
+def _quick_score(problem: _Problem, chain: list[Shape]) -> tuple[float | None, int]:
+    """Rank a chain cheaply: each stage at its smallest read-aligned region if
+    that fits, else at one write chunk. Also return the least max_mem it needs."""
+    seconds = 0.0
+    needed = 0
+    for read, write, model in problem.stages(chain):
+        smallest = problem.evaluate(read, write, write, model)
+        needed = max(needed, smallest.peak_task_memory)
+        shape = problem.shape
+        aligned = tuple(math.lcm(p, q) for p, q in zip(_clip(read, shape), _clip(write, shape)))
+        stage = problem.evaluate(read, write, aligned, model)
+        fits = stage.peak_task_memory <= problem.max_mem
+        seconds += problem.cost.stage_seconds(stage if fits else smallest)
+    return (seconds if needed <= problem.max_mem else None), needed
+
+
+def _plan_chain(problem: _Problem, chain: list[Shape]) -> Layout:
+    """Plan every stage of a chain that :func:`_quick_score` found feasible."""
+    stages = []
+    for read, write, model in problem.stages(chain):
+        stage = plan_stage(
+            problem.shape, problem.itemsize, read, write, problem.max_mem, model, problem.cost
+        )
+        assert stage is not None  # _quick_score checked the smallest region fits
+        stages.append(stage)
+    seconds = sum(problem.cost.stage_seconds(s) for s in stages)
+    return Layout(problem.shape, problem.itemsize, tuple(stages), seconds)
+
+
+def _empty_layout(shape: Shape, itemsize: int, source: Shape, target: Shape) -> Layout:
+    """The layout of an array with no elements: one stage of no tasks."""
+    stage = StageLayout(source, target, target, 0, 0, 0, 0, 0, 0)
+    return Layout(shape, itemsize, (stage,), 0.0)
+
+
+def _best_of(problem: _Problem, source: Shape, target: Shape, max_stages: int) -> Layout:
+    """Score every chain of 1 to ``max_stages`` stages; fully plan the best few.
+
+    Raises
+    ------
+    ValueError
+        If none fits ``max_mem``, naming the smallest ``max_mem`` that would.
+    """
+    best: Layout | None = None
+    smallest_needed: int | None = None
+    for stages in range(1, max(1, max_stages) + 1):
+        scored = []
+        for chain in _chains(problem.shape, source, target, stages):
+            if stages > 1 and len(set(chain)) < len(chain):
+                continue  # an intermediate equal to a neighbour is a wasted stage
+            score, needed = _quick_score(problem, chain)
+            if smallest_needed is None or needed < smallest_needed:
+                smallest_needed = needed
+            if score is not None:
+                scored.append((score, chain))
+        scored.sort(key=lambda item: item[0])
+        for _, chain in scored[:_CHAINS_PLANNED]:
+            layout = _plan_chain(problem, chain)
+            if best is None or layout.seconds < best.seconds:
+                best = layout
+    if best is None:
+        max_mem = problem.max_mem
+        raise ValueError(
+            f"max_mem={max_mem} bytes ({format_bytes(max_mem)}) is too small to rechunk "
+            f"shape {problem.shape} from chunks {source} to {target}: the smallest layout "
+            f"needs max_mem >= {smallest_needed} bytes ({format_bytes(smallest_needed or 0)})"
+        )
+    return best
+
+
+def plan_layout(
     shape: Sequence[int],
     itemsize: int,
     source_chunks: Sequence[int],
     target_chunks: Sequence[int],
     max_mem: int,
     *,
-    max_stages: int = MAX_PLAN_STAGES,
+    max_stages: int = MAX_LAYOUT_STAGES,
     source_memory: MemoryModel | None = None,
     memory: MemoryModel | None = None,
     cost: CostModel | None = None,
-) -> Plan:
-    """Plan a rechunk: the cheapest chain of stages whose every task fits ``max_mem``.
+) -> Layout:
+    """Lay out a rechunk: the cheapest chain of stages whose every task fits ``max_mem``.
 
     Parameters
     ----------
     shape : sequence of int
-        Array shape.
     itemsize : int
         Bytes per element.
     source_chunks : sequence of int
@@ -615,122 +700,31 @@ def plan_rechunk(
         Most bytes of array data one task may hold.
     max_stages : int
         Most stages to consider; 1 forbids intermediate arrays.
-    source_memory : MemoryModel, optional
-        Memory model for reading the source (default: ``memory``).
-    memory : MemoryModel, optional
-        Memory model for reading intermediates and writing.
+    source_memory, memory : MemoryModel, optional
+        Memory models for reading the source, and for everything else.
     cost : CostModel, optional
         The cost model to minimise.
-
-    Returns
-    -------
-    Plan
 
     Raises
     ------
     ValueError
-        If no plan fits ``max_mem``; the message gives the smallest that would.
+        If no layout fits ``max_mem``; the message gives the smallest that would.
 
     Examples
     --------
     A map per time step to a time series per pixel goes through one
     intermediate whose chunks line up with both ends:
 
-    >>> plan = plan_rechunk((8760, 180, 360), 4, (24, 180, 360), (8760, 10, 10), 256_000_000)
-    >>> len(plan.stages), [s.read_amplification for s in plan.stages]
+    >>> layout = plan_layout((8760, 180, 360), 4, (24, 180, 360), (8760, 10, 10), 256_000_000)
+    >>> len(layout.stages), [s.read_amplification for s in layout.stages]
     (2, [1.0, 1.0])
     """
     shape = tuple(int(n) for n in shape)
-    memory = memory or MemoryModel()
-    source_memory = source_memory or memory
-    cost = cost or CostModel()
+    source, target = _clip(source_chunks, shape), _clip(target_chunks, shape)
     if any(n == 0 for n in shape):
-        empty = StagePlan(
-            _clip(source_chunks, shape),
-            _clip(target_chunks, shape),
-            _clip(target_chunks, shape),
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
-        return Plan(shape, itemsize, (empty,), 0.0)
-    source = _clip(source_chunks, shape)
-    target = _clip(target_chunks, shape)
-
-    best: Plan | None = None
-    smallest_needed: int | None = None
-    for stages in range(1, max(1, max_stages) + 1):
-        scored = []
-        for chain in _chains(shape, source, target, stages):
-            if stages > 1 and len(set(chain)) < len(chain):
-                continue  # an intermediate equal to a neighbour is a wasted stage
-            score, needed = _quick_score(
-                shape, itemsize, chain, max_mem, source_memory, memory, cost
-            )
-            if smallest_needed is None or needed < smallest_needed:
-                smallest_needed = needed
-            if score is not None:
-                scored.append((score, chain))
-        scored.sort(key=lambda item: item[0])
-        for _, chain in scored[:_CHAINS_PLANNED]:
-            plan = _plan_chain(shape, itemsize, chain, max_mem, source_memory, memory, cost)
-            if best is None or plan.seconds < best.seconds:
-                best = plan
-    if best is None:
-        raise ValueError(
-            f"max_mem={max_mem} bytes ({format_bytes(max_mem)}) is too small to rechunk "
-            f"shape {shape} from chunks {source} to {target}: the smallest plan needs "
-            f"max_mem >= {smallest_needed} bytes ({format_bytes(smallest_needed or 0)})"
-        )
-    return best
-
-
-def _stage_models(
-    chain: list[Shape], source_memory: MemoryModel, memory: MemoryModel
-) -> Iterator[tuple[Shape, Shape, MemoryModel]]:
-    for i, (read, write) in enumerate(pairwise(chain)):
-        yield read, write, source_memory if i == 0 else memory
-
-
-def _quick_score(
-    shape: Shape,
-    itemsize: int,
-    chain: list[Shape],
-    max_mem: int,
-    source_memory: MemoryModel,
-    memory: MemoryModel,
-    cost: CostModel,
-) -> tuple[float | None, int]:
-    """Rank a chain cheaply: each stage at its smallest read-aligned region if
-    that fits, else at one write chunk. Also return the least max_mem it needs."""
-    seconds = 0.0
-    needed = 0
-    for read, write, model in _stage_models(chain, source_memory, memory):
-        smallest = evaluate_stage(shape, itemsize, read, write, write, model)
-        needed = max(needed, smallest.peak_task_memory)
-        aligned = tuple(math.lcm(p, q) for p, q in zip(_clip(read, shape), _clip(write, shape)))
-        stage = evaluate_stage(shape, itemsize, read, write, aligned, model)
-        seconds += cost.stage_seconds(stage if stage.peak_task_memory <= max_mem else smallest)
-    return (seconds if needed <= max_mem else None), needed
-
-
-def _plan_chain(
-    shape: Shape,
-    itemsize: int,
-    chain: list[Shape],
-    max_mem: int,
-    source_memory: MemoryModel,
-    memory: MemoryModel,
-    cost: CostModel,
-) -> Plan:
-    """Plan every stage of a chain that :func:`_quick_score` found feasible."""
-    stages = []
-    for read, write, model in _stage_models(chain, source_memory, memory):
-        stage = plan_stage(shape, itemsize, read, write, max_mem, model, cost)
-        assert stage is not None  # _quick_score checked the smallest region fits
-        stages.append(stage)
-    seconds = sum(cost.stage_seconds(s) for s in stages)
-    return Plan(shape, itemsize, tuple(stages), seconds)
+        return _empty_layout(shape, itemsize, source, target)
+    memory = memory or MemoryModel()
+    problem = _Problem(
+        shape, itemsize, max_mem, source_memory or memory, memory, cost or CostModel()
+    )
+    return _best_of(problem, source, target, max_stages)

@@ -159,46 +159,19 @@ def consolidate_chunks(
     max_mem: int,
     chunk_limits: Sequence[int | None] | None = None,
 ) -> _Chunks:
-    """Grow a regular chunk shape as far as a memory budget allows.
+    """Grow a regular chunk shape as far as a memory budget allows, as rechunker does.
 
-    Axes are visited from the last to the first. On each axis the chunk is
-    first tried at its cap (the axis extent, or the axis' limit); if that
-    leaves no spare room it is instead multiplied by the largest integer
-    that keeps the chunk within ``max_mem``.
+    Axes are visited from the last to the first. On each, the chunk is first
+    tried at its cap (the axis extent, or its limit); if that leaves no spare
+    room it is instead multiplied by the largest integer that keeps the chunk
+    within ``max_mem``. ``chunk_limits`` caps each axis: ``None`` leaves it
+    unchanged, ``-1`` is the whole extent, and larger values are clipped
+    (default: every axis may grow to its extent).
 
-    Parameters
-    ----------
-    shape : sequence of int
-        Shape of the whole array.
-    chunks : sequence of int
-        Starting (regular) chunk shape, one entry per axis.
-    itemsize : int
-        Bytes per array element.
-    max_mem : int
-        Largest permitted chunk size, in bytes.
-    chunk_limits : sequence of int or None, optional
-        Per-axis limit on the grown chunk. ``None`` leaves that axis
-        unchanged, ``-1`` means "up to the array extent", and values larger
-        than the extent are truncated to it. Defaults to ``shape`` (every
-        axis may grow up to its extent).
+    Raises ``ValueError`` if the starting chunk exceeds ``max_mem`` or a limit
+    is smaller than the starting chunk on its axis, and ``AssertionError``
+    (as rechunker's bare ``assert``) if ``chunk_limits`` has the wrong length.
 
-    Returns
-    -------
-    tuple of int
-        The consolidated chunk shape; ``itemsize * prod(result) <= max_mem``.
-
-    Raises
-    ------
-    ValueError
-        If the starting chunk is already larger than ``max_mem``, or if a
-        limit is smaller than the starting chunk on its axis (this includes
-        the default limits when a chunk is larger than the array extent).
-    AssertionError
-        If ``chunk_limits`` does not have one entry per axis (rechunker uses
-        a bare ``assert`` here).
-
-    Examples
-    --------
     >>> consolidate_chunks((8, 8), (1, 2), itemsize=4, max_mem=64)
     (2, 8)
     >>> consolidate_chunks((8, 8), (1, 2), 4, 32, chunk_limits=(8, None))
@@ -370,6 +343,16 @@ def _outer_chunks(
     return read_chunks, write_chunks
 
 
+def _stages_of(first_read: _Chunks, last_write: _Chunks, stage_count: int) -> list[_Stage]:
+    """The ``(read, intermediate, write)`` triples of a plan with ``stage_count`` stages."""
+    boundaries = [first_read, *calculate_stage_chunks(first_read, last_write, stage_count)]
+    boundaries.append(last_write)
+    return [
+        (before, _shared_chunks(before, after), after)
+        for before, after in itertools.pairwise(boundaries)
+    ]
+
+
 def multistage_rechunking_plan(
     shape: Sequence[int],
     source_chunks: Sequence[int],
@@ -380,95 +363,36 @@ def multistage_rechunking_plan(
     consolidate_reads: bool = True,
     consolidate_writes: bool = True,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """Plan a rechunking as a sequence of split/regroup stages.
+    """Plan a rechunking as a sequence of split/regroup stages, as rechunker does.
 
-    A single stage from small source chunks to very differently shaped
-    target chunks produces tiny intermediate pieces. This planner tries
-    1, 2, 3, ... stages (with geometrically spaced chunk shapes, see
-    :func:`calculate_stage_chunks`) and returns the first plan whose
-    smallest intermediate chunk holds at least ``min_mem`` bytes.
+    Tries 1, 2, 3, ... stages (geometrically spaced chunks, see
+    :func:`calculate_stage_chunks`) and returns the first plan whose smallest
+    intermediate chunk holds at least ``min_mem`` bytes. If one more stage
+    would cost more I/O operations first, it returns the plan it has and
+    warns (:class:`ExcessiveIOWarning`). The other parameters are those of
+    :func:`rechunking_plan`.
 
-    If going from ``n`` to ``n + 1`` stages increases the total number of
-    I/O operations before that happens, the ``n``-stage plan is returned and
-    an :class:`ExcessiveIOWarning` is issued. ``max_mem`` should be well
-    above ``min_mem`` (e.g. 10x) for good plans.
+    Returns a ``(read, intermediate, write)`` chunks triple per stage. Raises
+    ``ValueError`` for chunks that do not fit ``shape`` or ``max_mem`` (or
+    ``max_mem < min_mem``), and ``AssertionError`` if no plan has fewer than
+    ``MAX_STAGES`` stages.
 
-    Parameters
-    ----------
-    shape : sequence of int
-        Shape of the whole array.
-    source_chunks : sequence of int
-        Regular chunk shape of the source array.
-    target_chunks : sequence of int
-        Regular chunk shape wanted for the result.
-    itemsize : int
-        Bytes per array element.
-    min_mem : int
-        Smallest acceptable intermediate chunk, in bytes.
-    max_mem : int
-        Largest permitted chunk at any point, in bytes.
-    consolidate_reads : bool, default True
-        Enlarge the first stage's read chunks beyond ``source_chunks``.
-    consolidate_writes : bool, default True
-        Enlarge the last stage's write chunks beyond ``target_chunks``.
-
-    Returns
-    -------
-    list of tuple
-        One ``(read_chunks, intermediate_chunks, write_chunks)`` triple per
-        stage; each stage's write chunks are the next stage's read chunks.
-
-    Raises
-    ------
-    ValueError
-        If the chunk tuples do not match ``shape`` in length, if source or
-        target chunks exceed ``max_mem``, or if ``max_mem < min_mem``.
-    AssertionError
-        If no plan is found within ``MAX_STAGES - 1`` stages (rechunker
-        reports this as an internal error).
-
-    Warns
-    -----
-    ExcessiveIOWarning
-        When the search stops early because more stages cost more I/O.
-
-    Examples
-    --------
     >>> multistage_rechunking_plan((100, 100), (100, 1), (1, 100), 1, 10, 100)
     [((100, 1), (10, 1), (10, 10)), ((10, 10), (1, 10), (1, 100))]
     """
     _validate_plan_request(shape, source_chunks, target_chunks, itemsize, max_mem)
     if max_mem < min_mem:
         raise ValueError(f"max_mem ({max_mem}) cannot be smaller than min_mem ({min_mem})")
-
-    first_read, last_write = _outer_chunks(
-        shape,
-        source_chunks,
-        target_chunks,
-        itemsize,
-        max_mem,
-        consolidate_reads,
-        consolidate_writes,
-    )
-
-    previous_plan: list[_Stage] | None = None
-    previous_ops: int | None = None
+    consolidate = (consolidate_reads, consolidate_writes)
+    ends = _outer_chunks(shape, source_chunks, target_chunks, itemsize, max_mem, *consolidate)
+    previous: tuple[list[_Stage], int] | None = None
     for stage_count in range(1, MAX_STAGES):
-        boundaries = [
-            first_read,
-            *calculate_stage_chunks(first_read, last_write, stage_count),
-            last_write,
-        ]
-        plan: list[_Stage] = [
-            (before, _shared_chunks(before, after), after)
-            for before, after in itertools.pairwise(boundaries)
-        ]
+        plan = _stages_of(*ends, stage_count)
         smallest = min(_nbytes(middle, itemsize) for _, middle, _ in plan)
         if smallest >= min_mem:
             return plan
-
         ops = sum(calculate_single_stage_io_ops(shape, before, after) for before, _, after in plan)
-        if previous_plan is not None and previous_ops is not None and ops > previous_ops:
+        if previous is not None and ops > previous[1]:
             warnings.warn(
                 "Search for multi-stage rechunking plan terminated before "
                 "achieving the minimum memory requirement due to increasing IO "
@@ -478,20 +402,12 @@ def multistage_rechunking_plan(
                 category=ExcessiveIOWarning,
                 stacklevel=2,
             )
-            return previous_plan
-        previous_plan, previous_ops = plan, ops
-
+            return previous[0]
+        previous = (plan, ops)
     raise AssertionError(
         "Failed to find a feasible multi-staging rechunking scheme satisfying "
-        f"min_mem ({min_mem}) and max_mem ({max_mem}) constraints. "
-        "Please file a bug report on GitHub: "
-        "https://github.com/pangeo-data/rechunker/issues\n\n"
-        "Include the following debugging info:\n"
-        f"shape={shape}, source_chunks={source_chunks}, "
-        f"target_chunks={target_chunks}, itemsize={itemsize}, "
-        f"min_mem={min_mem}, max_mem={max_mem}, "
-        f"consolidate_reads={consolidate_reads}, "
-        f"consolidate_writes={consolidate_writes}"
+        f"min_mem ({min_mem}) and max_mem ({max_mem}) constraints for shape={shape}, "
+        f"source_chunks={source_chunks}, target_chunks={target_chunks}, itemsize={itemsize}"
     )
 
 
@@ -504,43 +420,27 @@ def rechunking_plan(
     consolidate_reads: bool = True,
     consolidate_writes: bool = True,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """Plan a single-stage rechunking.
-
-    Equivalent to :func:`multistage_rechunking_plan` with
-    ``min_mem=itemsize``, which is always satisfied by the first (single
-    stage) plan.
+    """Plan a single-stage rechunking, as rechunker does.
 
     Parameters
     ----------
     shape : sequence of int
         Shape of the whole array.
-    source_chunks : sequence of int
-        Regular chunk shape of the source array.
-    target_chunks : sequence of int
-        Regular chunk shape wanted for the result.
+    source_chunks, target_chunks : sequence of int
+        Regular chunk shapes of the source and of the result.
     itemsize : int
         Bytes per array element.
     max_mem : int
         Largest permitted chunk, in bytes.
-    consolidate_reads : bool, default True
-        Enlarge read chunks beyond ``source_chunks``.
-    consolidate_writes : bool, default True
-        Enlarge write chunks beyond ``target_chunks``.
+    consolidate_reads, consolidate_writes : bool, default True
+        Enlarge read (write) chunks beyond the source (target) chunks.
 
     Returns
     -------
     read_chunks, intermediate_chunks, write_chunks : tuple of int
-        Each chunk of the three fits in ``max_mem`` bytes;
-        ``intermediate_chunks`` is the element-wise minimum of the others.
+        Each fits in ``max_mem`` bytes; ``intermediate_chunks`` is the
+        element-wise minimum of the others.
 
-    Raises
-    ------
-    ValueError
-        If the chunk tuples do not match ``shape`` in length or if source or
-        target chunks exceed ``max_mem``.
-
-    Examples
-    --------
     >>> rechunking_plan((8, 8), (1, 8), (8, 1), itemsize=4, max_mem=64)
     ((2, 8), (2, 2), (8, 2))
     """

@@ -20,14 +20,14 @@ from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
 from rechunker_core.algorithm import (
-    MAX_PLAN_STAGES,
+    MAX_LAYOUT_STAGES,
     CostModel,
+    Layout,
     MemoryModel,
-    Plan,
     dim_overlap,
     evaluate_stage,
     floor_sum,
-    plan_rechunk,
+    plan_layout,
 )
 from tests.helpers import ArrayFactory
 
@@ -41,17 +41,19 @@ ONE_CORE = CostModel(parallelism=1)
 def minimum_max_mem(shape: Shape, itemsize: int, source: Shape, target: Shape, **kw: object) -> int:
     """The least max_mem the planner accepts, as its error message states it."""
     with pytest.raises(ValueError, match="too small") as info:
-        plan_rechunk(shape, itemsize, source, target, 1, **kw)  # type: ignore[arg-type]
+        plan_layout(shape, itemsize, source, target, 1, **kw)  # type: ignore[arg-type]
     found = re.search(r"max_mem >= (\d+) bytes", str(info.value))
     assert found, str(info.value)
     return int(found.group(1))
 
 
-def check_plan(plan: Plan, shape: Shape, itemsize: int, source: Shape, target: Shape, max_mem: int):
+def check_plan(
+    plan: Layout, shape: Shape, itemsize: int, source: Shape, target: Shape, max_mem: int
+):
     """Every invariant a plan promises."""
     clip = lambda chunks: tuple(min(c, n) for c, n in zip(chunks, shape))  # noqa: E731
     stages = plan.stages
-    assert 1 <= len(stages) <= MAX_PLAN_STAGES
+    assert 1 <= len(stages) <= MAX_LAYOUT_STAGES
     assert stages[0].read_chunks == clip(source)
     assert stages[-1].write_chunks == clip(target)
     for before, after in pairwise(stages):
@@ -131,7 +133,7 @@ def test_evaluate_stage_counts_match_brute_force() -> None:
 
 
 # --------------------------------------------------------------------------
-# Plan invariants
+# Layout invariants
 # --------------------------------------------------------------------------
 
 
@@ -156,7 +158,7 @@ def test_plan_invariants(
     shape, source, target = geometry
     least = minimum_max_mem(shape, itemsize, source, target, cost=TWO_CORES)
     max_mem = int(least * factor)
-    plan = plan_rechunk(shape, itemsize, source, target, max_mem, cost=TWO_CORES)
+    plan = plan_layout(shape, itemsize, source, target, max_mem, cost=TWO_CORES)
     check_plan(plan, shape, itemsize, source, target, max_mem)
 
 
@@ -165,10 +167,10 @@ def test_plan_invariants(
 def test_minimum_max_mem_is_exact(geometry: tuple[Shape, Shape, Shape], itemsize: int) -> None:
     shape, source, target = geometry
     least = minimum_max_mem(shape, itemsize, source, target)
-    plan = plan_rechunk(shape, itemsize, source, target, least)
+    plan = plan_layout(shape, itemsize, source, target, least)
     check_plan(plan, shape, itemsize, source, target, least)
     with pytest.raises(ValueError, match=f"max_mem >= {least} bytes"):
-        plan_rechunk(shape, itemsize, source, target, least - 1)
+        plan_layout(shape, itemsize, source, target, least - 1)
 
 
 @st.composite
@@ -196,7 +198,7 @@ def test_nested_sizes_read_each_chunk_once(geometry: tuple[Shape, Shape, Shape])
     """When the sizes nest and memory is ample, intermediates nest with their
     neighbours and no stage decodes a chunk twice."""
     shape, source, target = geometry
-    plan = plan_rechunk(shape, 4, source, target, 10**9, cost=ONE_CORE)
+    plan = plan_layout(shape, 4, source, target, 10**9, cost=ONE_CORE)
     check_plan(plan, shape, 4, source, target, 10**9)
     chain = [plan.stages[0].read_chunks, *(s.write_chunks for s in plan.stages)]
     for before, after in pairwise(chain):
@@ -207,7 +209,7 @@ def test_nested_sizes_read_each_chunk_once(geometry: tuple[Shape, Shape, Shape])
 def test_time_series_plan_reads_each_chunk_once() -> None:
     """Maps per day to series per pixel: one intermediate, aligned with both ends."""
     shape, source, target = (8760, 180, 360), (24, 180, 360), (8760, 10, 10)
-    plan = plan_rechunk(shape, 4, source, target, 256_000_000, cost=TWO_CORES)
+    plan = plan_layout(shape, 4, source, target, 256_000_000, cost=TWO_CORES)
     check_plan(plan, shape, 4, source, target, 256_000_000)
     assert len(plan.stages) >= 2
     assert all(s.read_amplification == 1.0 for s in plan.stages)
@@ -230,7 +232,7 @@ def test_coprime_chunks_avoid_one_element_chunks(
 ) -> None:
     least = minimum_max_mem(shape, 8, source, target, cost=TWO_CORES)
     max_mem = int(least * factor)
-    plan = plan_rechunk(shape, 8, source, target, max_mem, cost=TWO_CORES)
+    plan = plan_layout(shape, 8, source, target, max_mem, cost=TWO_CORES)
     check_plan(plan, shape, 8, source, target, max_mem)
     for stage in plan.stages:
         for d, (a, b) in enumerate(zip(source, target)):
@@ -262,7 +264,7 @@ def test_coprime_chunks_rechunk_correctly(
 
 def test_partial_edge_chunks_plan_and_copy(make_array: ArrayFactory) -> None:
     shape, source, target = (10, 7), (3, 4), (4, 3)
-    plan = plan_rechunk(shape, 8, source, target, 10**6, cost=TWO_CORES)
+    plan = plan_layout(shape, 8, source, target, 10**6, cost=TWO_CORES)
     check_plan(plan, shape, 8, source, target, 10**6)
     array = make_array(MemoryStore(), shape, source)
     out = rechunk(array, target, 10**6, MemoryStore(), temp_store=MemoryStore()).execute()
@@ -274,27 +276,27 @@ def test_partial_edge_chunks_plan_and_copy(make_array: ArrayFactory) -> None:
 def test_plans_a_4d_array_of_a_million_chunks() -> None:
     shape, source, target = (1000, 100, 100, 100), (1, 10, 10, 10), (1000, 10, 1, 1)
     assert math.prod(-(-n // c) for n, c in zip(shape, source)) == 10**6
-    plan = plan_rechunk(shape, 4, source, target, 100_000_000, cost=TWO_CORES)
+    plan = plan_layout(shape, 4, source, target, 100_000_000, cost=TWO_CORES)
     check_plan(plan, shape, 4, source, target, 100_000_000)
 
 
 def test_same_chunks_is_one_stage() -> None:
-    plan = plan_rechunk((100, 50), 8, (10, 10), (10, 10), 10**6, cost=TWO_CORES)
+    plan = plan_layout((100, 50), 8, (10, 10), (10, 10), 10**6, cost=TWO_CORES)
     assert len(plan.stages) == 1
     assert plan.stages[0].read_amplification == 1.0
 
 
 def test_empty_array_plans_no_tasks() -> None:
-    plan = plan_rechunk((0, 5), 8, (1, 5), (3, 5), 100)
+    plan = plan_layout((0, 5), 8, (1, 5), (3, 5), 100)
     assert plan.stages[0].num_tasks == 0
 
 
 def test_too_small_max_mem_message_names_shape_and_chunks() -> None:
     with pytest.raises(ValueError, match=r"shape \(100, 90\) from chunks \(100, 1\) to \(1, 90\)"):
-        plan_rechunk((100, 90), 4, (100, 1), (1, 90), 10)
+        plan_layout((100, 90), 4, (100, 1), (1, 90), 10)
 
 
 def test_max_stages_one_forbids_intermediates() -> None:
-    plan = plan_rechunk((100, 90), 4, (100, 1), (1, 90), 20_000, max_stages=1)
+    plan = plan_layout((100, 90), 4, (100, 1), (1, 90), 20_000, max_stages=1)
     assert len(plan.stages) == 1
     check_plan(plan, (100, 90), 4, (100, 1), (1, 90), 20_000)

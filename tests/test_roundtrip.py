@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
-from rechunker_core.algorithm import MAX_PLAN_STAGES, MemoryModel, plan_rechunk
+from rechunker_core.algorithm import MAX_LAYOUT_STAGES, MemoryModel, plan_layout
 from tests.helpers import ArrayFactory, snapshot
 
 Shape = tuple[int, ...]
@@ -90,13 +90,13 @@ def test_rechunk_reproduces_source(
     # keeps every promise.
     itemsize = source.dtype.itemsize
     memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
-    plan = plan_rechunk(
+    plan = plan_layout(
         shape,
         itemsize,
         source_chunks,
         target_chunks,
         max_mem,
-        max_stages=MAX_PLAN_STAGES if temp else 1,
+        max_stages=MAX_LAYOUT_STAGES if temp else 1,
         memory=memory,
     )
     assert plan.peak_task_memory <= max_mem

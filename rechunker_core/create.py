@@ -16,16 +16,17 @@ The safety rules live here, in the order they apply:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import zarr
 from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
-from rechunker_core.algorithm import Plan
+from rechunker_core.executors import Executor
+from rechunker_core.jobs import ArrayJob, overwrites
 from rechunker_core.locations import (
     Claim,
     StoreLocation,
@@ -33,103 +34,29 @@ from rechunker_core.locations import (
     overlap,
     take_claim,
 )
+from rechunker_core.options import ZarrFormat
+from rechunker_core.places import Destination
 from rechunker_core.sources import Source, SourceArray
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, clear_cache
 
-__all__ = [
-    "ArrayJob",
-    "Destination",
-    "TempPlace",
-    "check_places",
-    "create_specs",
-    "rehearse",
-]
+__all__ = ["check_places", "create_specs", "rehearse"]
 
-ZarrFormat = Literal[2, 3]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ArrayJob:
-    """One array of a rechunk: where it goes and how."""
-
-    array: SourceArray
-    target: StoreLocation
-    target_chunks: tuple[int, ...]
-    target_options: dict[str, Any]
-    temp_options: dict[str, Any]
-    plan: Plan
+def _targets(jobs: Sequence[ArrayJob], dest: Destination) -> list[StoreLocation]:
+    """The places the run writes its target into (arrays in a user's group)."""
+    return [job.target for job in jobs] if dest.is_group else [dest.target]
 
 
-@dataclass(frozen=True)
-class TempPlace:
-    """Where intermediates go.
-
-    Attributes
-    ----------
-    base : StoreLocation
-        The temp store (or the user's temp group).
-    is_group : bool
-        Whether ``base`` is the user's ``zarr.Group``.
-    lone_name : str
-        The name a lone array's intermediates take in that group.
-    overwrite : bool
-        Whether intermediates of an earlier run of the same job may be replaced.
-    """
-
-    base: StoreLocation
-    is_group: bool
-    lone_name: str
-    overwrite: bool
-
-    def intermediate(self, job: ArrayJob, number: int) -> StoreLocation:
-        """The location of ``job``'s intermediate ``number`` (from 1).
-
-        >>> from types import SimpleNamespace as NS
-        >>> place = TempPlace(StoreLocation("/tmp/t.zarr"), False, "", False)
-        >>> place.intermediate(NS(array=NS(name="sub/a")), 2).path
-        'sub.a.intermediate2'
-        """
-        name = job.array.name or self.lone_name
-        leaf = f"{name.replace('/', '.')}.intermediate{number}" if name else f"intermediate{number}"
-        return self.base.child(leaf)
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a rechunk writes.
-
-    Attributes
-    ----------
-    target : StoreLocation
-        The target array, or the root of the target group.
-    is_group : bool
-        Whether the user gave the target as a ``zarr.Group`` (arrays go in it by name).
-    overwrite : bool
-        Whether an existing target may be replaced (``overwrite=True``).
-    temp : TempPlace, optional
-        Where intermediates go, when a plan needs them.
-    """
-
-    target: StoreLocation
-    is_group: bool
-    overwrite: bool
-    temp: TempPlace | None
-
-    def target_places(self, jobs: Sequence[ArrayJob]) -> list[StoreLocation]:
-        """The places the run writes its target into (arrays in a user's group)."""
-        return [job.target for job in jobs] if self.is_group else [self.target]
-
-    def intermediates(self, jobs: Sequence[ArrayJob]) -> list[StoreLocation]:
-        """Every intermediate array the plans need."""
-        if self.temp is None:
-            return []
-        return [
-            self.temp.intermediate(job, i)
-            for job in jobs
-            for i in range(1, len(job.plan.intermediate_chunks) + 1)
-        ]
+def _intermediates(jobs: Sequence[ArrayJob], dest: Destination) -> list[StoreLocation]:
+    """Every intermediate array the layouts need."""
+    return [
+        dest.intermediate(job.name, i)
+        for job in jobs
+        for i in range(1, len(job.layout.intermediate_chunks) + 1)
+    ]
 
 
 def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> None:
@@ -140,7 +67,7 @@ def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) ->
     ValueError
         Naming the places in conflict and what to do instead.
     """
-    targets = dest.target_places(jobs)
+    targets = _targets(jobs, dest)
     # A group target's root gets group metadata listing all it holds: it is written too.
     written = [dest.target] if source.is_group else targets
     places: list[tuple[str, StoreLocation]] = [("the target", place) for place in written]
@@ -163,25 +90,26 @@ def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) ->
                     f"{what_b} {b.describe()} is {relation} {what_a} {a.describe()}; give "
                     "each of source, target and temp_store a place of its own"
                 )
+    overwrite = overwrites(jobs, "target")
     for place in targets:
-        if not dest.overwrite and _holds_data(place):
+        if not overwrite and _holds_data(place):
             raise ValueError(
                 f"the target {place.describe()} already holds data; pass "
                 "target_options={'overwrite': True} to replace it"
             )
-    for location in dest.intermediates(jobs):
-        _check_intermediate_free(location, dest)
+    for location in _intermediates(jobs, dest):
+        _check_intermediate_free(location, overwrites(jobs, "temp"))
 
 
 def _holds_data(location: StoreLocation) -> bool:
     return location.exists() and not location.holds_only_claims()
 
 
-def _check_intermediate_free(location: StoreLocation, dest: Destination) -> None:
+def _check_intermediate_free(location: StoreLocation, overwrite: bool) -> None:
     """An intermediate may replace only an intermediate of an earlier run."""
     if not _holds_data(location):
         return
-    if dest.temp is not None and dest.temp.overwrite and _is_zarr_array(location):
+    if overwrite and _is_zarr_array(location):
         return
     raise ValueError(
         f"temp_store already holds {location.describe()}, where this run would put an "
@@ -198,7 +126,7 @@ def _is_zarr_array(location: StoreLocation) -> bool:
     return True
 
 
-def rehearse(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> None:
+def rehearse(source: Source, jobs: Sequence[ArrayJob], dest: Destination, fmt: ZarrFormat) -> None:
     """Create everything once in scratch in-memory stores first.
 
     zarr itself then rejects bad creation options (shards on a format 2
@@ -209,10 +137,8 @@ def rehearse(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> Non
     scratch_jobs = [replace(job, target=StoreLocation(targets, job.target.path)) for job in jobs]
     temp = dest.temp
     scratch_temp = replace(temp, base=StoreLocation(temps, temp.base.path)) if temp else None
-    scratch = Destination(
-        StoreLocation(targets, dest.target.path), dest.is_group, False, scratch_temp
-    )
-    _create_metadata(source, scratch_jobs, scratch)
+    scratch = replace(dest, target=StoreLocation(targets, dest.target.path), temp=scratch_temp)
+    _create_metadata(source, scratch_jobs, scratch, fmt)
 
 
 class _Ledger:
@@ -268,22 +194,24 @@ def create_specs(
     source: Source,
     jobs: Sequence[ArrayJob],
     dest: Destination,
-    prepare: Callable[[tuple[StagedCopySpec, ...]], T],
+    fmt: ZarrFormat,
+    executor: Executor[T],
     *,
     keep_temp: bool,
-    process_bound: bool = True,
 ) -> tuple[tuple[StagedCopySpec, ...], T]:
     """Claim the target and intermediates, create their metadata, prepare the plan.
 
     Parameters
     ----------
-    prepare : callable
-        The executor's ``prepare_plan``; if it fails, the creation is undone too.
+    fmt : {2, 3}
+        The target's zarr format.
+    executor : Executor
+        Its ``prepare_plan`` makes the plan; if that fails, the creation is
+        undone too. The claims end with this process unless the executor's
+        plan outlives it (``runs_after_exit``, as for the parts workflow):
+        then they are held by lease.
     keep_temp : bool
         Whether the specs leave the intermediates in place.
-    process_bound : bool
-        Whether the claims end with this process (``False`` for plans saved
-        for other processes to run: they are held by lease).
 
     Raises
     ------
@@ -293,18 +221,19 @@ def create_specs(
     """
     ledger = _Ledger()
     try:
+        process_bound = not getattr(executor, "runs_after_exit", False)
         claims = _claim_all(jobs, dest, ledger, process_bound)
         temp_before = _group_keys(dest.temp.base) if dest.temp else set()
-        specs = _create_metadata(source, jobs, dest)
+        specs = _create_metadata(source, jobs, dest, fmt)
         if dest.temp is not None:
             # zarr writes group metadata above a new array: in the temp store, it is ours.
             added = sorted(_group_keys(dest.temp.base) - temp_before)
             ledger.added_keys = [dest.temp.base.child(key) for key in added]
-        cleanup = () if keep_temp else (*dest.intermediates(jobs), *ledger.added_keys)
+        cleanup = () if keep_temp else (*_intermediates(jobs, dest), *ledger.added_keys)
         remove_empty = () if keep_temp else tuple(ledger.temp_dirs)
         last = replace(specs[-1], cleanup=cleanup, remove_empty=remove_empty, claims=claims)
         specs = (*(replace(spec, claims=claims) for spec in specs[:-1]), last)
-        return specs, prepare(specs)
+        return specs, executor.prepare_plan(specs)
     except BaseException:
         ledger.undo()
         raise
@@ -314,67 +243,65 @@ def _claim_all(
     jobs: Sequence[ArrayJob], dest: Destination, ledger: _Ledger, process_bound: bool
 ) -> tuple[Claim, ...]:
     """Claim every place, check it again under the claim, and clear it if asked."""
-    for place in dest.target_places(jobs):
+    overwrite = overwrites(jobs, "target")
+    for place in _targets(jobs, dest):
         fresh = not place.exists()
         ledger.claim(place, "the target", process_bound)
         if _holds_data(place):
-            if not dest.overwrite:
+            if not overwrite:
                 raise ValueError(
                     f"the target {place.describe()} already holds data (written by another "
                     "run just now); pass target_options={'overwrite': True} to replace it"
                 )
             clear_cache(place)
             place.delete_contents()
-        if fresh or dest.overwrite:
+        if fresh or overwrite:
             ledger.created.append(place)
     if dest.temp is not None:
         ledger.temp_dirs = _missing_dirs(dest.temp.base)
-    for location in dest.intermediates(jobs):
+    for location in _intermediates(jobs, dest):
         ledger.claim(location, "temp_store", process_bound)
-        _check_intermediate_free(location, dest)
+        _check_intermediate_free(location, overwrites(jobs, "temp"))
         clear_cache(location)
         location.delete_contents()
         ledger.created.append(location)
     return tuple(ledger.claims)
 
 
+def _create_chain(job: ArrayJob, dest: Destination, fmt: ZarrFormat) -> StagedCopySpec:
+    """Create one array's target and intermediates; return its spec."""
+    shape, dtype = job.array.ref.shape, job.array.ref.dtype
+    kwargs = _create_kwargs(job.array, {**job.options.target, "zarr_format": fmt}, fmt)
+    target_ref = _create_array(job.target, shape, dtype, job.target_chunks, kwargs)
+    assert target_ref.chunks == job.layout.stages[-1].write_chunks
+    refs: list[Any] = [job.array.ref]
+    for i, chunks in enumerate(job.layout.intermediate_chunks, start=1):
+        temp_kwargs = {**_create_kwargs(job.array, dict(job.options.temp), fmt), "attributes": {}}
+        refs.append(
+            _create_array(dest.intermediate(job.name, i), shape, dtype, chunks, temp_kwargs)
+        )
+    refs.append(target_ref)
+    return StagedCopySpec(
+        tuple(
+            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
+            for i, stage in enumerate(job.layout.stages)
+        )
+    )
+
+
 def _create_metadata(
-    source: Source, jobs: Sequence[ArrayJob], dest: Destination
+    source: Source, jobs: Sequence[ArrayJob], dest: Destination, fmt: ZarrFormat
 ) -> tuple[StagedCopySpec, ...]:
     """Create target groups and arrays, and the intermediates; return the specs."""
-    fmt = _target_format(source, jobs)
     if source.is_group:
         _create_groups(source, dest.target, fmt)
-    specs = []
-    for job in jobs:
-        kwargs = _create_kwargs(job.array, {**job.target_options, "zarr_format": fmt}, fmt)
-        kwargs.pop("dtype", None)
-        dtype = job.target_options.get("dtype", job.array.ref.dtype)
-        target_ref = _create_array(
-            job.target, job.array.ref.shape, dtype, job.target_chunks, kwargs
-        )
-        assert target_ref.chunks == job.plan.stages[-1].write_chunks
-        refs: list[Any] = [job.array.ref]
-        for i, chunks in enumerate(job.plan.intermediate_chunks, start=1):
-            assert dest.temp is not None
-            temp_kwargs = _create_kwargs(job.array, job.temp_options, fmt)
-            temp_kwargs.pop("dtype", None)
-            temp_kwargs["attributes"] = {}
-            location = dest.temp.intermediate(job, i)
-            shape, dtype = job.array.ref.shape, job.array.ref.dtype
-            refs.append(_create_array(location, shape, dtype, chunks, temp_kwargs))
-        refs.append(target_ref)
-        stages = tuple(
-            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
-            for i, stage in enumerate(job.plan.stages)
-        )
-        specs.append(StagedCopySpec(stages))
+    specs = tuple(_create_chain(job, dest, fmt) for job in jobs)
     if source.is_group:
         with _quiet_about_claims():
             zarr.consolidate_metadata(
                 dest.target.open_store(), path=dest.target.path, zarr_format=fmt
             )
-    return tuple(specs)
+    return specs
 
 
 @contextmanager
@@ -394,8 +321,8 @@ def _create_kwargs(
     included; :func:`_claim_all` clears what the user asked to replace.
     """
     kwargs: dict[str, Any] = {**array.create_options, **options}
-    kwargs.pop("storage_options", None)
-    kwargs.pop("overwrite", None)
+    for key in ("storage_options", "overwrite", "dtype"):
+        kwargs.pop(key, None)
     zarr_format = kwargs.get("zarr_format") or source_format or 3
     kwargs["zarr_format"] = zarr_format
     attributes = dict(array.attributes)
@@ -432,21 +359,6 @@ def _create_array(
     # An array this process opened here before (an overwritten target) is stale.
     clear_cache(location)
     return ZarrRef.from_array(array, location)
-
-
-def _target_format(source: Source, jobs: Sequence[ArrayJob]) -> ZarrFormat:
-    """The source's zarr format unless target_options set one; else zarr's default, 3."""
-    chosen = {
-        job.target_options["zarr_format"] for job in jobs if "zarr_format" in job.target_options
-    }
-    if len(chosen) > 1:
-        raise ValueError(f"target_options set different zarr_format values {sorted(chosen)}")
-    fmt = chosen.pop() if chosen else source.zarr_format or 3
-    if fmt == 2:
-        return 2
-    if fmt == 3:
-        return 3
-    raise ValueError(f"zarr_format={fmt!r} is not supported; use 2 or 3")
 
 
 def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat) -> None:

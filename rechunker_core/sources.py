@@ -111,6 +111,11 @@ class SourceArray:
     create_options: dict[str, Any]
     memory: MemoryModel = field(default_factory=MemoryModel)
 
+    @property
+    def what(self) -> str:
+        """The array as messages name it."""
+        return f"array {self.name!r}" if self.name else "the source array"
+
 
 @dataclass(frozen=True)
 class Source:
@@ -373,24 +378,7 @@ def _encode_dataset(
         # zarr warns about some dtypes in format 3; creating the target warns again.
         warnings.simplefilter("ignore")
         scratch.store(variables, attributes, frozenset(), writes)
-    arrays = []
-    for data, array in writes.arrays:
-        attrs = dict(array.attrs)
-        attrs.pop("_ARRAY_DIMENSIONS", None)
-        lazy = _as_dask(data)
-        target_dtype = np.dtype(array.dtype)
-        if lazy.dtype != target_dtype:
-            lazy = lazy.astype(target_dtype)  # type: ignore[no-untyped-call]
-        arrays.append(
-            SourceArray(
-                name=array.basename,
-                ref=DaskRef(lazy),
-                dimension_names=_zarr_dimension_names(array),
-                attributes=attrs,
-                create_options={"fill_value": array.fill_value, "zarr_format": zarr_format},
-                memory=_dask_memory(),
-            )
-        )
+    arrays = [_encoded_array(data, array, zarr_format) for data, array in writes.arrays]
     return Source(
         "xarray Dataset",
         tuple(sorted(arrays, key=lambda a: a.name)),
@@ -399,6 +387,24 @@ def _encode_dataset(
         option_keys=CF_ENCODING_KEYS,
         copies_unnamed=True,
         encoder=lambda encodings, fmt: _encode_dataset(dataset, encodings, fmt),
+    )
+
+
+def _encoded_array(data: Any, array: zarr.Array[Any], zarr_format: int) -> SourceArray:
+    """One variable: its encoded data (lazy) and the metadata xarray gave its array."""
+    attrs = dict(array.attrs)
+    attrs.pop("_ARRAY_DIMENSIONS", None)
+    lazy = _as_dask(data)
+    target_dtype = np.dtype(array.dtype)
+    if lazy.dtype != target_dtype:
+        lazy = lazy.astype(target_dtype)  # type: ignore[no-untyped-call]
+    return SourceArray(
+        name=array.basename,
+        ref=DaskRef(lazy),
+        dimension_names=_zarr_dimension_names(array),
+        attributes=attrs,
+        create_options={"fill_value": array.fill_value, "zarr_format": zarr_format},
+        memory=_dask_memory(),
     )
 
 

@@ -18,8 +18,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from rechunker_core import Rechunked, api, executors, rechunk
-from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_rechunk
+from rechunker_core import Rechunked, executors, options, rechunk
+from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_layout
 from rechunker_core.executors import BUILTIN_EXECUTORS, registered_executors
 from rechunker_core.executors.python import PythonExecutor
 from tests.helpers import (
@@ -46,7 +46,7 @@ def least_max_mem(source: Any, target_chunks: Any) -> int:
 def single_stage_least_max_mem(shape: tuple[int, ...], source: Any, target: Any) -> int:
     memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
     with pytest.raises(ValueError) as info:
-        plan_rechunk(shape, 4, source, target, 1, max_stages=1, memory=memory)
+        plan_layout(shape, 4, source, target, 1, max_stages=1, memory=memory)
     found = re.search(r"max_mem >= (\d+) bytes", str(info.value))
     assert found
     return int(found.group(1))
@@ -264,7 +264,7 @@ def test_temp_compressors_default_and_override(make_array: ArrayFactory) -> None
     (intermediate, *_) = default.spec[0].intermediates
     # Whatever the documented default is, the intermediate has what zarr makes of it.
     reference = zarr.create_array(
-        MemoryStore(), shape=(1,), dtype="i4", compressors=api.TEMP_COMPRESSORS
+        MemoryStore(), shape=(1,), dtype="i4", compressors=options.TEMP_COMPRESSORS
     )
     assert intermediate.open().compressors == reference.compressors
     assert tuple(default.spec[0].target.open().compressors) == (target_codec,)

@@ -1,0 +1,186 @@
+"""What to rechunk: one :class:`ArrayJob` per array, with its chunks, options and layout.
+
+:func:`plan_jobs` reads nothing but the source's description and writes
+nothing: it maps ``target_chunks`` onto the source's arrays, normalises each
+request, and asks the planner (:mod:`rechunker_core.algorithm`) for each
+array's stage layout.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zarr
+
+from rechunker_core.algorithm import (
+    MAX_LAYOUT_STAGES,
+    ExcessiveIOWarning,
+    Layout,
+    MemoryModel,
+    plan_layout,
+)
+from rechunker_core.locations import StoreLocation
+from rechunker_core.options import ArrayOptions, Options, normalize_chunks
+from rechunker_core.places import Destination
+from rechunker_core.sources import Source, SourceArray
+
+__all__ = ["ArrayJob", "overwrites", "plan_jobs"]
+
+#: Warn when leaving out temp_store makes the estimated work this many times larger.
+WARN_COST_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    """One array of a rechunk: the ``array`` to copy, the ``target`` location it
+    goes to with its ``target_chunks`` and ``options``, and the planner's
+    ``layout`` of stages for it."""
+
+    array: SourceArray
+    target: StoreLocation
+    target_chunks: tuple[int, ...]
+    options: ArrayOptions
+    layout: Layout
+
+    @property
+    def name(self) -> str:
+        """The array's path below the source root (``""`` for a lone array)."""
+        return self.array.name
+
+
+def overwrites(jobs: Sequence[ArrayJob], which: Literal["target", "temp"]) -> bool:
+    """Whether every job asks to replace what is in its target (or temp) place."""
+    return all(getattr(job.options, which).get("overwrite") for job in jobs)
+
+
+def _requests(source: Source, target_chunks: Any) -> dict[str, Any]:
+    """Map each array name to its chunk request; arrays left out are skipped."""
+    names = [a.name for a in source.arrays]
+    if not source.is_group:
+        return {"": target_chunks}
+    if target_chunks is None:
+        return dict.fromkeys(names)
+    if not isinstance(target_chunks, Mapping):
+        raise ValueError(
+            f"target_chunks for a {source.kind} must be a dict keyed by array name or by "
+            f"dimension name, not {target_chunks!r}"
+        )
+    dims = {d for a in source.arrays for d in (a.dimension_names or ())}
+    # A dimension coordinate shares its dimension's name: {"time": 100} means
+    # the dimension, since an array's own request is a tuple, dict or None.
+    by_dim = all(k in dims and (v is None or isinstance(v, int)) for k, v in target_chunks.items())
+    if not by_dim and all(k in names for k in target_chunks):
+        if source.copies_unnamed:
+            return {name: target_chunks.get(name) for name in names}
+        return dict(target_chunks)
+    if all(k in dims for k in target_chunks):
+        # xarray style: every array takes the sizes of the dimensions it has.
+        return {
+            a.name: {d: s for d, s in target_chunks.items() if d in a.dimension_names}
+            if a.dimension_names
+            else None
+            for a in source.arrays
+        }
+    unknown = [k for k in target_chunks if k not in names and k not in dims]
+    raise ValueError(
+        f"target_chunks names {unknown}, which are neither arrays of the {source.kind} "
+        f"({names}) nor dimensions ({sorted(dims)})"
+    )
+
+
+def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceArray) -> Any:
+    """The target's write unit: its shards when it is sharded, else its chunks."""
+    shards = options.shards
+    if shards is None:
+        return chunks
+    if len(shards) != len(chunks) or any(s % c for s, c in zip(shards, chunks)):
+        raise ValueError(
+            f"shards {shards} for {array.what} must be multiples of its chunks {chunks}"
+        )
+    return tuple(min(s, n) for s, n in zip(shards, array.ref.shape))
+
+
+def _layout(
+    array: SourceArray, write_chunks: tuple[int, ...], max_mem: int, temp_available: bool
+) -> Layout:
+    """The cheapest layout; without a temp store, the cheapest single stage that fits.
+
+    As in rechunker, intermediates are required only when no single stage fits
+    max_mem. When the single stage costs much more than the best layout, an
+    ExcessiveIOWarning says so, since the user may simply have left out
+    temp_store.
+    """
+    ref = array.ref
+    memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
+
+    def plan(max_stages: int = MAX_LAYOUT_STAGES) -> Layout:
+        return plan_layout(
+            ref.shape,
+            ref.dtype.itemsize,
+            ref.read_chunks,
+            write_chunks,
+            max_mem,
+            max_stages=max_stages,
+            source_memory=array.memory,
+            memory=memory,
+        )
+
+    best = plan()  # raises, naming the least max_mem, if none fits
+    if temp_available or len(best.stages) == 1:
+        return best
+    try:
+        single = plan(max_stages=1)
+    except ValueError:
+        return best  # the caller asks for a temp store
+    if single.seconds > WARN_COST_RATIO * best.seconds:
+        what = array.what
+        warnings.warn(
+            ExcessiveIOWarning(
+                f"without temp_store, {what} is rechunked in one stage that decodes each "
+                f"source chunk {single.stages[0].read_amplification:.1f} times; with "
+                f"temp_store the planner would use {len(best.stages)} stages and about "
+                f"{single.seconds / best.seconds:.1f}x less work"
+            ),
+            stacklevel=4,
+        )
+    return single
+
+
+def plan_jobs(
+    source: Source, target_chunks: Any, max_mem: int, dest: Destination, options: Options
+) -> list[ArrayJob]:
+    """One job per array ``target_chunks`` selects, each with its layout.
+
+    Raises
+    ------
+    ValueError
+        For a bad chunk request, bad shards, a max_mem no layout fits, a
+        layout that needs intermediates without a temp store, or a request
+        that selects no array.
+    """
+    requests = _requests(source, target_chunks)
+    jobs = []
+    for array in source.arrays:
+        if array.name not in requests:
+            continue  # a group mapped by array name copies only those named
+        what = array.what
+        ref, array_options = array.ref, options.of(array.name)
+        chunks = normalize_chunks(
+            requests[array.name], ref.shape, ref.read_chunks, array.dimension_names, what
+        )
+        write_chunks = _write_chunks(chunks, array_options, array)
+        layout = _layout(array, write_chunks, max_mem, dest.temp is not None)
+        if len(layout.stages) > 1 and dest.temp is None:
+            raise ValueError(
+                f"rechunking {what} from chunks {ref.read_chunks} to {chunks} within max_mem "
+                f"needs an intermediate array ({len(layout.stages)} stages); pass temp_store= "
+                "(a path, URL, zarr Store or zarr.Group)"
+            )
+        target = dest.array_target(array.name)
+        jobs.append(ArrayJob(array, target, chunks, array_options, layout))
+    if not jobs:
+        raise ValueError(f"target_chunks {target_chunks!r} selects no array of the {source.kind}")
+    return jobs

@@ -12,12 +12,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-if TYPE_CHECKING:
-    # Annotation only: rechunker_core.api imports this module while the
-    # rechunker_core package is still initialising, so it imports none of it at run time.
-    from rechunker_core.spec import StagedCopySpec
+from rechunker_core.locations import StoreLocation
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = [
     "BUILTIN_EXECUTORS",
@@ -25,9 +23,7 @@ __all__ = [
     "get_executor",
     "import_engine",
     "refuse_in_memory",
-    "refuse_in_memory_locations",
     "registered_executors",
-    "shares_memory",
 ]
 
 T = TypeVar("T")
@@ -46,7 +42,20 @@ ENTRY_POINT_GROUP = "rechunker_core.executors"
 
 @runtime_checkable
 class Executor(Protocol[T]):
-    """Turns specs into an engine's plan, and runs plans."""
+    """Turns specs into an engine's plan, and runs plans.
+
+    Attributes
+    ----------
+    shares_memory : bool
+        Whether every task runs in the calling process. When it is False,
+        :func:`rechunker_core.rechunk` refuses in-memory stores before it
+        writes anything; should a task reach one from another process
+        anyway (a plan run on another scheduler than the one declared),
+        opening it raises the same ``ValueError``
+        (:meth:`rechunker_core.locations.StoreLocation.open_store`).
+    """
+
+    shares_memory: bool
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> T:
         """Return the engine's delayed object for ``specs``."""
@@ -109,39 +118,12 @@ def import_engine(module: str, extra: str) -> Any:
         ) from error
 
 
-def shares_memory(executor: Any) -> bool:
-    """Whether every task of ``executor`` runs in the calling process.
-
-    Executors may set a ``shares_memory`` attribute; without one, True is
-    assumed. When it is False, :func:`rechunker_core.rechunk` refuses
-    in-memory stores before it writes anything.
-    """
-    return bool(getattr(executor, "shares_memory", True))
-
-
-def refuse_in_memory_locations(locations: Iterable[Any], executor: str) -> None:
-    """Raise ValueError if any of ``locations`` (StoreLocation or None) is in memory.
+def refuse_in_memory(locations: Iterable[StoreLocation | None], executor: str) -> None:
+    """Raise ValueError if any of ``locations`` lives in this process's memory only.
 
     For executors whose tasks run in other processes: writes there would be
     lost, and reads would see only fill values.
     """
     for location in locations:
         if location is not None and location.in_memory:
-            raise ValueError(
-                f"the {executor} executor runs tasks in other processes, which cannot "
-                f"see the in-memory store {location.describe()}; use a local path, "
-                "a file:// or s3:// URL, or an in-process executor (python, threads)"
-            )
-
-
-def refuse_in_memory(specs: Sequence[StagedCopySpec], executor: str) -> None:
-    """Raise ValueError if any array of ``specs`` lives in one process's memory."""
-    refuse_in_memory_locations(
-        (
-            getattr(ref, "location", None)
-            for spec in specs
-            for stage in spec.stages
-            for ref in (stage.source, stage.target)
-        ),
-        executor,
-    )
+            raise ValueError(location.in_memory_message(f"the {executor} executor runs tasks"))

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from rechunker_core.copy import Batch, Round, finish, rounds, run_batch
-from rechunker_core.executors import import_engine, refuse_in_memory
+from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["BeamExecutor"]
@@ -43,12 +43,13 @@ class BeamExecutor:
     Notes
     -----
     Beam serializes every transform into its pipeline, on every runner: even
-    the DirectRunner in one process runs copies of the specs, so writes to a
-    ``zarr.storage.MemoryStore`` would be lost. The executor therefore refuses
+    the DirectRunner in one process runs copies of the specs, and runners
+    may run them in other processes, which cannot see a
+    ``zarr.storage.MemoryStore``. So :func:`rechunker_core.rechunk` refuses
     in-memory stores with ``ValueError``, whatever the runner.
     """
 
-    #: Beam runs copies of the transforms, so in-memory stores never work.
+    #: Runners may run the transforms in other processes.
     shares_memory = False
 
     def __init__(
@@ -59,13 +60,7 @@ class BeamExecutor:
         self.runner = runner
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
-        """Return a ``Rechunk`` transform (a ``beam.PTransform``) for ``specs``.
-
-        Raises
-        ------
-        ValueError
-            If an array of ``specs`` lives in memory.
-        """
+        """Return a ``Rechunk`` transform (a ``beam.PTransform``) for ``specs``."""
         import_engine("apache_beam", "beam")
         return _rechunk_class()(tuple(specs))
 
@@ -118,7 +113,6 @@ def _rechunk_class() -> type:
         """
 
         def __init__(self, specs: tuple[StagedCopySpec, ...]) -> None:
-            refuse_in_memory(specs, "beam")
             super().__init__(label="Rechunk")
             self.specs = specs
 

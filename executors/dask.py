@@ -21,16 +21,14 @@ array reads only what stage 0 of that same array wrote.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from rechunker_core.copy import Batch, Round, finish, run_batch
-from rechunker_core.executors import import_engine, refuse_in_memory
-from rechunker_core.spec import CopySpec, StagedCopySpec
+from rechunker_core.executors import import_engine
+from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["DaskExecutor"]
 
@@ -53,10 +51,11 @@ class DaskExecutor:
     Notes
     -----
     Schedulers that run tasks in other processes (``"processes"``, a
-    ``distributed.Client``) cannot see an in-memory store: :meth:`execute_plan`
-    refuses them up front, and a task that finds itself in another process
-    than the one that built the plan raises ``ValueError`` instead of writing
-    to a copy of the store (this also covers plans embedded in user graphs).
+    ``distributed.Client``) cannot see an in-memory store: :func:`rechunker_core.rechunk`
+    refuses it up front for the scheduler given here, and a task that runs in
+    another process anyway (another scheduler passed to ``execute_plan``, a
+    plan embedded in a user's graph) raises ``ValueError`` when it opens the
+    store, instead of writing to a copy of it.
     """
 
     def __init__(self, batch_size: int | None = None, **compute_kwargs: Any) -> None:
@@ -65,8 +64,6 @@ class DaskExecutor:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
         self.batch_size = batch_size
         self.compute_kwargs = compute_kwargs
-        # The specs of plans built here that touch in-memory stores, by plan key.
-        self._in_memory: dict[str, tuple[StagedCopySpec, ...]] = {}
 
     @property
     def shares_memory(self) -> bool:
@@ -88,12 +85,11 @@ class DaskExecutor:
         for s, spec in enumerate(specs):
             after: tuple[Any, ...] = ()
             for k, stage in enumerate(spec.stages):
-                origin = _this_process() if _in_memory(stage) else None
                 copies = []
                 # Each array's stages chain on their own: a round of one stage.
                 for b, batch in enumerate(Round(k, (stage,)).batches(self.batch_size)):
                     key = (copy_name, s, k, b)
-                    graph[key] = Task(key, _copy_batch, batch, origin, *after)
+                    graph[key] = Task(key, _copy_batch, batch, *after)
                     copies.append(TaskRef(key))
                 barrier = (barrier_name, s, k)
                 graph[barrier] = Task(barrier, _barrier, *copies)
@@ -101,8 +97,6 @@ class DaskExecutor:
             last_barriers.extend(after)
         final = f"rechunk-finish-{token}"
         graph[final] = Task(final, _finish, specs, *last_barriers)
-        if any(_in_memory(stage) for spec in specs for stage in spec.stages):
-            self._in_memory[final] = specs
         return delayed.Delayed(final, graph)
 
     def execute_plan(self, plan: Any, **kwargs: Any) -> None:
@@ -110,28 +104,9 @@ class DaskExecutor:
 
         Keyword arguments (``scheduler=``, ...) override those given to the
         executor.
-
-        Raises
-        ------
-        ValueError
-            If the scheduler runs tasks in other processes and the plan
-            touches an in-memory store.
         """
         dask = import_engine("dask", "dask")
-        kwargs = {**self.compute_kwargs, **kwargs}
-        specs = self._in_memory.get(plan.key)
-        if specs and _uses_other_processes(kwargs.get("scheduler")):
-            refuse_in_memory(specs, "dask")
-        dask.compute(plan, **kwargs)
-
-
-def _in_memory(stage: CopySpec) -> bool:
-    locations = (getattr(ref, "location", None) for ref in (stage.source, stage.target))
-    return any(location is not None and location.in_memory for location in locations)
-
-
-def _this_process() -> tuple[str, int]:
-    return socket.gethostname(), os.getpid()
+        dask.compute(plan, **{**self.compute_kwargs, **kwargs})
 
 
 def _uses_other_processes(scheduler: Any) -> bool:
@@ -152,9 +127,7 @@ def _uses_other_processes(scheduler: Any) -> bool:
 # for; their values are ignored.
 
 
-def _copy_batch(batch: Batch, origin: tuple[str, int] | None, *after: Any) -> int:
-    if origin is not None and origin != _this_process():
-        refuse_in_memory([StagedCopySpec((batch.stage,))], "dask")
+def _copy_batch(batch: Batch, *after: Any) -> int:
     return run_batch(batch)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rechunker_core.copy import Batch, finish, rounds, run_batch
-from rechunker_core.executors import import_engine, refuse_in_memory
+from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["QUIET_SETTINGS", "PrefectExecutor"]
@@ -63,7 +63,9 @@ class PrefectExecutor:
     Notes
     -----
     A task runner other than ``ThreadPoolTaskRunner`` may run tasks in other
-    processes; the flow then refuses in-memory stores with ``ValueError``.
+    processes, which cannot see in-memory stores: :func:`rechunker_core.rechunk`
+    refuses them for such a runner, and a task that reaches one from another
+    process raises ``ValueError``.
     """
 
     def __init__(
@@ -96,7 +98,6 @@ class PrefectExecutor:
         """Return a Prefect flow that runs ``specs`` when called with no arguments."""
         prefect = import_engine("prefect", "prefect")
         from prefect.cache_policies import NO_CACHE
-        from prefect.context import FlowRunContext
         from prefect.task_runners import ThreadPoolTaskRunner
         from prefect.utilities.annotations import quote
 
@@ -117,9 +118,6 @@ class PrefectExecutor:
         batch_size = self.batch_size
 
         def rechunk() -> None:
-            context = FlowRunContext.get()
-            if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
-                refuse_in_memory(specs, "prefect")
             for round_ in rounds(specs):
                 futures = [
                     copy.submit(quote(batch), round_.number, batch.tasks[0], batch.tasks[-1])

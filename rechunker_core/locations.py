@@ -10,6 +10,11 @@ Every safety rule of :func:`rechunker_core.rechunk` rests on this module:
   source, target and temp can be kept apart.
 - :class:`Claim` marks a location as being written by one run, atomically, so
   two runs never write into the same place at once.
+- An in-memory location remembers the process that holds its data. Pickled
+  into that same process it finds the very store again; anywhere else,
+  :meth:`StoreLocation.open_store` raises a clear ``ValueError`` instead of
+  reading fill values or losing writes. This one guard covers every engine,
+  plans embedded in user graphs, and JSON plans.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import shutil
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zarr
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -130,9 +137,61 @@ def _fs_protocol(store: FsspecStore) -> str:
     return _PROTOCOL_ALIASES.get(first, first)
 
 
-def _store_identity(store: Store, path: str) -> Identity:
+#: A process: the host it runs on and its pid.
+Process = tuple[str, int]
+
+
+def this_process() -> Process:
+    """The calling process, as in-memory locations record their owner."""
+    return socket.gethostname(), os.getpid()
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Stands for an in-memory store of another process, which this one cannot reach."""
+
+    description: str
+
+    def __str__(self) -> str:
+        return self.description
+
+
+#: In-memory stores whose locations were pickled, by token, so that unpickling
+#: in the same process finds the store itself rather than a copy of it.
+_LIVE_STORES: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
+
+
+def _unwrap(store: Store) -> Store:
     while isinstance(store, WrapperStore):
         store = store._store
+    return store
+
+
+def _is_memory(store: str | Store | Elsewhere) -> bool:
+    """Whether data in ``store`` lives in one process's memory only."""
+    if isinstance(store, Elsewhere):
+        return True
+    if isinstance(store, str):
+        return "://" in store and _split_url(store)[0] == "memory"
+    store = _unwrap(store)
+    return isinstance(store, MemoryStore) or (
+        isinstance(store, FsspecStore) and _fs_protocol(store) == "memory"
+    )
+
+
+def _restore(
+    token: str, description: str, path: str, options: dict[str, Any], owner: Process
+) -> StoreLocation:
+    """Unpickle an in-memory location: the live store in its own process, else Elsewhere."""
+    live = _LIVE_STORES.get(token) if owner == this_process() else None
+    store: Store | Elsewhere = live if live is not None else Elsewhere(description)
+    return StoreLocation(store, path, options, owner)
+
+
+def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
+    if isinstance(store, Elsewhere):
+        return Identity(f"memory-store:elsewhere:{store}", _key_parts(path))
+    store = _unwrap(store)
     if isinstance(store, LocalStore):
         return Identity("file", _local_parts(os.path.join(str(store.root), path)))
     if isinstance(store, FsspecStore):
@@ -153,18 +212,38 @@ class StoreLocation:
 
     Attributes
     ----------
-    store : str or zarr.abc.store.Store
+    store : str, zarr.abc.store.Store or Elsewhere
         Local paths are absolute and free of symlinks once made by
-        :func:`resolve_location`.
+        :func:`resolve_location`. :class:`Elsewhere` is another process's
+        in-memory store.
     path : str
         ``""`` for the store root; ``/``-separated.
     storage_options : dict
         fsspec options, used when ``store`` is a URL.
+    owner : (host, pid), optional
+        For in-memory stores, the process that holds the data (the one that
+        made the location, unless given).
     """
 
-    store: str | Store
+    store: str | Store | Elsewhere
     path: str = ""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    owner: Process | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.owner is None and _is_memory(self.store):
+            object.__setattr__(self, "owner", this_process())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        options = dict(self.storage_options)
+        if self.owner is not None and not isinstance(self.store, str):
+            # Pickle a token, not the store: unpickled elsewhere a MemoryStore
+            # would be an empty copy whose writes are lost.
+            token = f"{id(self.store)}"
+            if not isinstance(self.store, Elsewhere):
+                _LIVE_STORES[token] = self.store
+            return (_restore, (token, str(self.store), self.path, options, self.owner))
+        return (StoreLocation, (self.store, self.path, options, self.owner))
 
     def child(self, name: str) -> StoreLocation:
         """Return the location ``name`` below this one.
@@ -173,7 +252,7 @@ class StoreLocation:
         'g/a/b'
         """
         path = "/".join(p for p in (self.path, name.strip("/")) if p)
-        return StoreLocation(self.store, path, self.storage_options)
+        return StoreLocation(self.store, path, self.storage_options, self.owner)
 
     @property
     def identity(self) -> Identity:
@@ -195,9 +274,26 @@ class StoreLocation:
 
     @property
     def in_memory(self) -> bool:
-        """Whether the data lives in this process's memory only."""
-        namespace = self.identity.namespace
-        return namespace == "memory" or namespace.startswith("memory-store:")
+        """Whether the data lives in one process's memory only."""
+        return self.owner is not None
+
+    def _elsewhere_message(self) -> str:
+        host, pid = self.owner or ("?", 0)
+        here, mine = this_process()
+        return (
+            f"the in-memory store {self.describe()} holds its data in process {pid} on "
+            f"{host}, and this task runs in process {mine} on {here}, which cannot see it; "
+            "use a local path, a file:// or s3:// URL, or an in-process executor "
+            "(python, threads)"
+        )
+
+    def in_memory_message(self, who: str) -> str:
+        """Why ``who`` (``"the dask executor runs tasks"``) cannot use this in-memory store."""
+        return (
+            f"{who} in other processes, which cannot see the in-memory store "
+            f"{self.describe()}; use a local path, a file:// or s3:// URL, or an "
+            "in-process executor (python, threads)"
+        )
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -214,7 +310,17 @@ class StoreLocation:
         return f"{base.rstrip('/')}/{self.path}" if self.path else base
 
     def open_store(self, *, read_only: bool = False) -> Store:
-        """Return the zarr store object for this location's store."""
+        """Return the zarr store object for this location's store.
+
+        Raises
+        ------
+        ValueError
+            For an in-memory store held by another process than this one.
+        """
+        if self.owner is not None and self.owner != this_process():
+            raise ValueError(self._elsewhere_message())
+        if isinstance(self.store, Elsewhere):  # unpickled after its store was gone
+            raise ValueError(self._elsewhere_message())
         if not isinstance(self.store, str):
             return self.store
         if "://" not in self.store:
@@ -310,45 +416,51 @@ def resolve_location(
     TypeError
         For anything that is not a store.
     """
-    import zarr  # zarr.Group only; zarr itself is always loaded by now
-
     options = dict(storage_options or {})
     if isinstance(store_like, zarr.Group):
         base = resolve_location(store_like.store, options, what=what, writable=writable)
         return base.child(store_like.path)
     if writable and isinstance(store_like, Store) and store_like.read_only:
         raise ValueError(f"{what} {store_like} is opened read-only; open it for writing")
-    if isinstance(store_like, Path):
-        store_like = str(store_like)
-    if isinstance(store_like, str):
-        if not store_like.strip():
-            raise ValueError(f"{what} is an empty path; give the path or URL of a zarr store")
-        protocol, rest = _split_url(store_like) if "://" in store_like else ("", store_like)
-        if protocol == "file" and not options:
-            store_like = rest
-        elif protocol:
-            return StoreLocation(store_like, "", options)
-        return StoreLocation(os.path.realpath(store_like), "", {})
-    if isinstance(store_like, WrapperStore):
-        # A wrapper adds behaviour (logging, latency, faults): keep it as given.
-        return StoreLocation(store_like, "", {})
-    if isinstance(store_like, LocalStore):
-        return StoreLocation(os.path.realpath(str(store_like.root)), "", {})
-    if isinstance(store_like, FsspecStore):
-        protocol = _fs_protocol(store_like)
-        if protocol == "file":
-            return StoreLocation(os.path.realpath(store_like.path), "", {})
-        if protocol != "memory":
-            fs = getattr(store_like.fs, "sync_fs", store_like.fs)
-            # zarr adds "asynchronous" itself when it opens a URL.
-            kept = {k: v for k, v in fs.storage_options.items() if k != "asynchronous"}
-            return StoreLocation(f"{protocol}://{store_like.path}", "", kept)
+    if isinstance(store_like, str | Path):
+        return _location_of_text(str(store_like), options, what)
     if isinstance(store_like, Store):
-        return StoreLocation(store_like, "", {})
+        return _location_of_store(store_like)
     raise TypeError(
         f"unsupported {what} {store_like!r} of type {type(store_like).__name__}: pass a local "
         "path, an fsspec URL (memory://, file://, s3://...), a zarr Store or a zarr.Group"
     )
+
+
+def _location_of_text(text: str, options: dict[str, Any], what: str) -> StoreLocation:
+    """A local path or an fsspec URL; local paths become absolute and symlink-free."""
+    if not text.strip():
+        raise ValueError(f"{what} is an empty path; give the path or URL of a zarr store")
+    protocol, rest = _split_url(text) if "://" in text else ("", text)
+    if protocol == "file" and not options:
+        text = rest
+    elif protocol:
+        return StoreLocation(text, "", options)
+    return StoreLocation(os.path.realpath(text), "", {})
+
+
+def _location_of_store(store: Store) -> StoreLocation:
+    """A zarr store, named by path or URL when it has one outside this process."""
+    if isinstance(store, WrapperStore):
+        # A wrapper adds behaviour (logging, latency, faults): keep it as given.
+        return StoreLocation(store, "", {})
+    if isinstance(store, LocalStore):
+        return StoreLocation(os.path.realpath(str(store.root)), "", {})
+    if isinstance(store, FsspecStore):
+        protocol = _fs_protocol(store)
+        if protocol == "file":
+            return StoreLocation(os.path.realpath(store.path), "", {})
+        if protocol != "memory":
+            fs = getattr(store.fs, "sync_fs", store.fs)
+            # zarr adds "asynchronous" itself when it opens a URL.
+            kept = {k: v for k, v in fs.storage_options.items() if k != "asynchronous"}
+            return StoreLocation(f"{protocol}://{store.path}", "", kept)
+    return StoreLocation(store, "", {})
 
 
 def check_writable_place(location: StoreLocation, what: str) -> None:
@@ -583,13 +695,22 @@ def location_to_dict(location: StoreLocation) -> dict[str, Any]:
         )
     if "://" not in location.store and not os.path.isabs(location.store):
         raise ValueError(f"cannot save the relative path {location.store!r} as JSON")
-    return {
+    data: dict[str, Any] = {
         "store": location.store,
         "path": location.path,
         "storage_options": dict(location.storage_options),
     }
+    if location.owner is not None:
+        data["owner"] = list(location.owner)
+    return data
 
 
 def location_from_dict(data: Mapping[str, Any]) -> StoreLocation:
     """Inverse of :func:`location_to_dict`."""
-    return StoreLocation(data["store"], data["path"], dict(data["storage_options"]))
+    owner = data.get("owner")
+    return StoreLocation(
+        data["store"],
+        data["path"],
+        dict(data["storage_options"]),
+        (str(owner[0]), int(owner[1])) if owner else None,
+    )

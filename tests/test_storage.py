@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.testing as npt
@@ -13,7 +18,12 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from rechunker_core import storage
-from rechunker_core.locations import StoreLocation, resolve_location
+from rechunker_core.locations import (
+    StoreLocation,
+    location_from_dict,
+    location_to_dict,
+    resolve_location,
+)
 from rechunker_core.storage import ZarrRef, open_array
 from tests.helpers import ArrayFactory, snapshot
 
@@ -92,6 +102,50 @@ def test_location_with_store_object_pickles_without_losing_the_path() -> None:
     again = pickle.loads(pickle.dumps(location))
     assert again.path == "x"
     assert again.in_memory
+
+
+def test_in_memory_location_unpickled_here_is_the_same_store() -> None:
+    store = MemoryStore()
+    location = resolve_location(store).child("a")
+    again = pickle.loads(pickle.dumps(location))
+    assert again.open_store() is store  # not a copy: writes through it are kept
+    assert again == location and again.owner == location.owner
+
+
+_OPEN_ELSEWHERE = """
+import pickle, sys
+location = pickle.loads(sys.stdin.buffer.read())
+try:
+    location.open_store()
+except ValueError as error:
+    print(error)
+else:
+    print("opened")
+"""
+
+
+@pytest.mark.parametrize("kind", ["object", "url"])
+def test_in_memory_location_refuses_to_open_in_another_process(kind: str) -> None:
+    store: Any = MemoryStore() if kind == "object" else "memory://guarded/x.zarr"
+    location = resolve_location(store)
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_ELSEWHERE],
+        input=pickle.dumps(location),
+        capture_output=True,
+        check=True,
+    )
+    message = done.stdout.decode()
+    assert "in-memory store" in message and f"process {os.getpid()}" in message, message
+
+
+def test_in_memory_url_keeps_its_owner_through_json() -> None:
+    location = resolve_location("memory://guarded/y.zarr").child("a")
+    again = location_from_dict(json.loads(json.dumps(location_to_dict(location))))
+    assert again.owner == location.owner == (socket.gethostname(), os.getpid())
+    assert again.open_store() is not None  # this process holds the data: it opens
+    elsewhere = location_from_dict({**location_to_dict(location), "owner": ["other-host", 1]})
+    with pytest.raises(ValueError, match=r"in-memory store .* process 1 on other-host"):
+        elsewhere.open_store()
 
 
 # --------------------------------------------------------------------------

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rechunker_core.copy import Round, finish, rounds, run_batch
-from rechunker_core.executors import refuse_in_memory
-from rechunker_core.spec import StagedCopySpec
+from rechunker_core.spec import StagedCopySpec, dump_specs, load_specs
 
 __all__ = [
     "PLAN_FORMAT",
@@ -83,17 +82,12 @@ def save_plan(specs: Sequence[StagedCopySpec], path: str | Path, parts: int) -> 
     ------
     ValueError
         If ``parts`` is not positive, the file cannot be written, or an array
-        lives in a store other processes cannot reach (memory, Python objects).
+        lives in a store JSON cannot name (a Python object).
     """
     if parts < 1:
         raise ValueError(f"parts={parts} must be a positive integer")
     specs = tuple(specs)
-    _refuse_in_memory(specs)
-    data = {
-        "format": PLAN_FORMAT,
-        "parts": parts,
-        "specs": [json.loads(spec.to_json()) for spec in specs],
-    }
+    data = {"format": PLAN_FORMAT, "parts": parts, "specs": dump_specs(specs)}
     path = Path(path).absolute()
     try:
         path.write_text(json.dumps(data))
@@ -120,18 +114,13 @@ def load_plan(path: str | Path) -> SavedPlan:
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'")
     try:
-        specs = tuple(StagedCopySpec.from_json(json.dumps(item)) for item in data["specs"])
+        specs = load_specs(data["specs"])
         parts = int(data["parts"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} is not a plan saved by 'rechunker-core plan --save'") from error
     if not specs:
         raise ValueError(f"{path} holds no plan")
-    _refuse_in_memory(specs)
     return SavedPlan(path, specs, parts)
-
-
-def _refuse_in_memory(specs: Sequence[StagedCopySpec]) -> None:
-    refuse_in_memory(specs, "parts")
 
 
 def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -> int:

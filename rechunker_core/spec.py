@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,7 +19,7 @@ from rechunker_core.geometry import Region, region_slices
 from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.storage import ZarrRef
 
-__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec"]
+__all__ = ["ArrayRef", "CopySpec", "StagedCopySpec", "dump_specs", "load_specs"]
 
 
 @runtime_checkable
@@ -125,7 +125,7 @@ class CopySpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CopySpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> CopySpec:
         """Inverse of :meth:`to_dict`."""
         return cls(
             ZarrRef.from_dict(data["source"]),
@@ -186,24 +186,56 @@ class StagedCopySpec:
         """Tasks over all stages."""
         return sum(stage.num_tasks for stage in self.stages)
 
-    def to_json(self) -> str:
-        """Serialise to JSON; :meth:`from_json` restores an equal spec."""
-        return json.dumps(
-            {
-                "stages": [stage.to_dict() for stage in self.stages],
-                "cleanup": [location_to_dict(loc) for loc in self.cleanup],
-                "remove_empty": [location_to_dict(loc) for loc in self.remove_empty],
-                "claims": [{**location_to_dict(c.location), "token": c.token} for c in self.claims],
-            }
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready description (zarr arrays at paths or URLs only).
+
+        Raises
+        ------
+        ValueError
+            For an array that JSON cannot name: a dask graph, or a store that
+            is a Python object.
+        """
+        return {
+            "stages": [stage.to_dict() for stage in self.stages],
+            "cleanup": [location_to_dict(loc) for loc in self.cleanup],
+            "remove_empty": [location_to_dict(loc) for loc in self.remove_empty],
+            "claims": [{**location_to_dict(c.location), "token": c.token} for c in self.claims],
+        }
 
     @classmethod
-    def from_json(cls, text: str) -> StagedCopySpec:
-        """Inverse of :meth:`to_json`."""
-        data = json.loads(text)
+    def from_dict(cls, data: Mapping[str, Any]) -> StagedCopySpec:
+        """Inverse of :meth:`to_dict`."""
         return cls(
             tuple(CopySpec.from_dict(stage) for stage in data["stages"]),
             tuple(location_from_dict(d) for d in data["cleanup"]),
             tuple(location_from_dict(d) for d in data.get("remove_empty", ())),
             tuple(Claim(location_from_dict(d), d["token"]) for d in data.get("claims", ())),
         )
+
+    def to_json(self) -> str:
+        """Serialise to JSON; :meth:`from_json` restores an equal spec."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> StagedCopySpec:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+def dump_specs(specs: Sequence[StagedCopySpec]) -> list[dict[str, Any]]:
+    """Several specs as JSON-ready data (see :meth:`StagedCopySpec.to_dict`)."""
+    return [spec.to_dict() for spec in specs]
+
+
+def load_specs(data: Sequence[Mapping[str, Any]]) -> tuple[StagedCopySpec, ...]:
+    """Inverse of :func:`dump_specs`.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` does not describe specs.
+    """
+    try:
+        return tuple(StagedCopySpec.from_dict(item) for item in data)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"not a list of specs: {error!r}") from error

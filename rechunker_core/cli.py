@@ -8,21 +8,21 @@ is written.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
-import numpy as np
 import zarr
 
-from rechunker_core.algorithm import format_bytes
-from rechunker_core.api import describe_plan, parse_bytes, rechunk
+from rechunker_core.api import describe_plan, rechunk
+from rechunker_core.demo import run_demo
 from rechunker_core.executors.parts import PartsExecutor, finish_plan, load_plan, run_part
+from rechunker_core.options import parse_bytes
+from rechunker_core.progress import ProgressBar
 
-__all__ = ["ProgressBar", "main", "parse_target_chunks"]
+__all__ = ["main", "parse_target_chunks"]
 
 
 def parse_target_chunks(text: str) -> tuple[int, ...] | dict[str, int]:
@@ -47,28 +47,6 @@ def parse_target_chunks(text: str) -> tuple[int, ...] | dict[str, int]:
     raise ValueError(
         f"--target-chunks {text!r} is not dim=size,... or size,size,... with integer sizes"
     )
-
-
-class ProgressBar:
-    """A one-line text progress bar, redrawn at most ten times a second."""
-
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.start = time.perf_counter()
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        filled = self.width * done // max(total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total} tasks, {now - self.start:.1f} s")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def _open_source(path: str) -> zarr.Array[Any] | zarr.Group:
@@ -138,100 +116,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_sample(
-    path: str | Path, shape: tuple[int, int, int] = (8760, 120, 120)
-) -> zarr.Array[Any]:
-    """Write a smooth random float32 field, one map per hour, chunked by day.
-
-    A seasonal and daily cycle over a fixed spatial pattern, plus a random walk
-    in time and a little noise: smooth enough that compression behaves as on
-    real climate data.
-    """
-    hours, ny, nx = shape
-    rng = np.random.default_rng(42)
-    y, x = np.meshgrid(np.linspace(0, 2 * np.pi, ny), np.linspace(0, 2 * np.pi, nx), indexing="ij")
-    pattern = 10 * np.sin(y) + 5 * np.cos(2 * x) + rng.standard_normal((ny, nx)).cumsum(0) * 0.1
-    array = zarr.create_array(
-        store=str(path),
-        shape=shape,
-        chunks=(24, ny, nx),
-        dtype="float32",
-        dimension_names=("time", "lat", "lon"),
-        attributes={"long_name": "sample temperature", "units": "K"},
-        overwrite=True,
-    )
-    walk = np.zeros((ny, nx))
-    for start in range(0, hours, 24):
-        t = np.arange(start, min(start + 24, hours))[:, None, None]
-        walk = walk + rng.standard_normal((ny, nx)) * 0.05
-        block = (
-            280
-            + 15 * np.sin(2 * np.pi * t / 8760)
-            + 4 * np.sin(2 * np.pi * t / 24)
-            + pattern
-            + walk
-            + rng.standard_normal((len(t), ny, nx)) * 0.01
-        )
-        array[start : start + len(t)] = block.astype("float32")
-    return array
-
-
-#: Left in a demo directory, so a later demo knows the directory is its own.
-DEMO_MARKER = ".rechunker-core-demo"
-
-
-def _demo_directory(path: str, overwrite: bool) -> Path:
-    """The demo's directory: new, empty, or holding only an earlier demo's files."""
-    work = Path(path)
-    if not path.strip():
-        raise ValueError("--dir is empty; give a directory for the demo's sample data")
-    if work.exists() and not work.is_dir():
-        raise ValueError(f"--dir {path} is a file, not a directory")
-    own = {DEMO_MARKER, "source.zarr", "target.zarr", "temp.zarr"}
-    names = {p.name for p in work.iterdir()} if work.is_dir() else set()
-    if names and not overwrite and (DEMO_MARKER not in names or names - own):
-        raise ValueError(
-            f"--dir {path} already holds files that the demo did not write; choose a new "
-            "directory, or pass --overwrite to replace its source.zarr, target.zarr and temp.zarr"
-        )
-    work.mkdir(parents=True, exist_ok=True)
-    (work / DEMO_MARKER).write_text("sample data written by 'rechunker-core demo'\n")
-    for name in ("source.zarr", "target.zarr", "temp.zarr"):
-        if (work / name).is_dir():
-            shutil.rmtree(work / name)
-    return work
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    work = _demo_directory(args.dir, args.overwrite)
-    source_path, target_path, temp_path = (
-        work / n for n in ("source.zarr", "target.zarr", "temp.zarr")
-    )
-    print(f"writing a sample array to {source_path} ...")
-    source = write_sample(source_path, (args.hours, 120, 120))
-    size = source.nbytes
-    print(f"source: shape {source.shape}, chunks {source.chunks}, {format_bytes(size)}")
-    rechunked = rechunk(
-        source,
-        {"time": -1, "lat": 10, "lon": 10},
-        args.max_mem,
-        str(target_path),
-        temp_store=str(temp_path),
-        executor=args.executor,
-    )
-    print(rechunked.summary())
-    start = time.perf_counter()
-    target = rechunked.execute(progress=ProgressBar())
-    elapsed = time.perf_counter() - start
-    print(f"rechunked {format_bytes(size)} in {elapsed:.1f} s: {size / elapsed / 1e6:.0f} MB/s")
-    assert isinstance(target, zarr.Array)
-    for start_col in range(0, source.shape[2], 40):
-        columns = (slice(None), slice(None), slice(start_col, start_col + 40))
-        if not np.array_equal(target[columns], source[columns]):
-            print("check FAILED: target differs from source", file=sys.stderr)
-            return 1
-    print(f"check: target == source, element by element; target chunks {target.chunks}")
-    return 0
+    return run_demo(args.dir, args.hours, args.max_mem, args.executor, overwrite=args.overwrite)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import gc
 import importlib
-import inspect
 import math
 import os
 import shutil
@@ -52,8 +51,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from rechunker_core import rechunk
-from rechunker_core.api import describe_plan, parse_bytes
+from rechunker_core.api import describe_plan
 from rechunker_core.executors.prefect import QUIET_SETTINGS
+from rechunker_core.options import parse_bytes
 from rechunker_core.storage import clear_cache
 
 MB = 1e6  # decimal megabytes, as parse_bytes("256MB") counts them
@@ -196,48 +196,29 @@ def run_rechunk(ctx: Context, executor: Any, **execute_kwargs: Any) -> zarr.Arra
     return target
 
 
-def make_executor(name: str, ctx: Context, **wanted: Any) -> Any:
-    """Build a registered executor with those of ``wanted`` its constructor takes
-    (all of them if it takes ``**kwargs``).
+def make_executor(name: str, **kwargs: Any) -> Any:
+    """Build the executor registered as ``name`` with ``kwargs``.
 
-    Raises :class:`Skip` when its module (or its engine) does not import.
+    Raises :class:`Skip` when its engine is not installed.
     """
-    from rechunker_core.executors import registered_executors
+    from rechunker_core.executors import get_executor, registered_executors
 
     module_name, _, attribute = registered_executors()[name].partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+    except ImportError as error:
         raise Skip(f"`import {module_name}` failed: {error}") from error
-    params = _parameters(factory)
-    given = {k: v for k, v in wanted.items() if k in params or "**" in params}
-    if given:
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(given.items()))
-        ctx.note(f"{attribute}({shown})")
-    return factory(**given)
-
-
-def _short(value: Any) -> str:
-    return repr(value) if isinstance(value, str | int | float | None) else type(value).__name__
-
-
-def _parameters(fn: Any) -> set[str]:
-    """Names of ``fn``'s parameters; ``"**"`` stands for a ``**kwargs`` one."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return set()
-    return {"**" if p.kind is p.VAR_KEYWORD else p.name for p in params}
+    return factory(**kwargs) if kwargs else get_executor(name)
 
 
 @case("threads", "(c) rechunker_core, threads executor")
 def threads_case(ctx: Context) -> zarr.Array[Any]:
-    return run_rechunk(ctx, make_executor("threads", ctx, max_workers=ctx.workers))
+    return run_rechunk(ctx, make_executor("threads", max_workers=ctx.workers))
 
 
 @case("python", "(c) rechunker_core, python executor (sequential)")
 def python_case(ctx: Context) -> zarr.Array[Any]:
-    return run_rechunk(ctx, make_executor("python", ctx))
+    return run_rechunk(ctx, make_executor("python"))
 
 
 @case("dask-array", "(b) dask.array from_zarr().rechunk().to_zarr(), threaded scheduler")
@@ -253,12 +234,8 @@ def dask_array_case(ctx: Context) -> zarr.Array[Any]:
 
 @case("dask-threads", "(c) rechunker_core, dask executor, threaded scheduler")
 def dask_threads_case(ctx: Context) -> zarr.Array[Any]:
-    executor = make_executor("dask", ctx, scheduler="threads", num_workers=ctx.workers)
-    import dask
-
-    # The config covers an executor that takes no scheduler keywords.
-    with dask.config.set(scheduler="threads", num_workers=ctx.workers):
-        return run_rechunk(ctx, executor)
+    executor = make_executor("dask", scheduler="threads", num_workers=ctx.workers)
+    return run_rechunk(ctx, executor)
 
 
 @case_with_setup(
@@ -269,7 +246,7 @@ def dask_distributed_case(ctx: Context) -> Iterator[RunFn]:
         from distributed import Client, LocalCluster
     except ImportError as error:
         raise Skip(f"distributed is not installed: {error}") from error
-    make_executor("dask", ctx)  # skip before starting a cluster if the executor is missing
+    make_executor("dask")  # skip before starting a cluster if the executor is missing
     with (
         LocalCluster(
             processes=True,
@@ -281,7 +258,7 @@ def dask_distributed_case(ctx: Context) -> Iterator[RunFn]:
     ):
         ctx.notes.clear()
         # The client is also the default scheduler while it is open.
-        executor = make_executor("dask", ctx, scheduler=client)
+        executor = make_executor("dask", scheduler=client)
         yield lambda: run_rechunk(ctx, executor)
 
 
@@ -297,20 +274,8 @@ def beam_case(ctx: Context) -> Iterator[RunFn]:
         direct_num_workers=ctx.workers,
         direct_running_mode="multi_threading",
     )
-    executor = make_executor("beam", ctx)
-    factory_params = _parameters(type(executor))
-    execute_kwargs: dict[str, Any] = {}
-    for key in ("options", "pipeline_options"):
-        if key in factory_params:
-            executor = make_executor("beam", ctx, **{key: options})
-            break
-        if key in _parameters(executor.execute_plan):
-            execute_kwargs[key] = options
-            ctx.note(f"DirectRunner options passed as execute({key}=...)")
-            break
-    else:
-        ctx.note("the beam executor takes no PipelineOptions: its default runner")
-    yield lambda: run_rechunk(ctx, executor, **execute_kwargs)
+    executor = make_executor("beam", options=options)
+    yield lambda: run_rechunk(ctx, executor)
 
 
 def prepare_prefect_env() -> None:
@@ -332,7 +297,7 @@ def prefect_case(ctx: Context) -> Iterator[RunFn]:
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     except ImportError as error:
         raise Skip(f"prefect is not installed: {error}") from error
-    executor = make_executor("prefect", ctx)
+    executor = make_executor("prefect")
 
     @prefect.flow
     def warm_up() -> int:
@@ -374,7 +339,7 @@ def source_dataset(ctx: Context) -> Any:
 @case_with_setup("xarray", "(c) rechunker_core on an xarray Dataset, threads executor")
 def xarray_case(ctx: Context) -> Iterator[RunFn]:
     dataset = source_dataset(ctx)
-    executor = make_executor("threads", ctx, max_workers=ctx.workers)
+    executor = make_executor("threads", max_workers=ctx.workers)
 
     def run() -> zarr.Array[Any]:
         with warnings.catch_warnings():
@@ -473,7 +438,7 @@ def s3_threads_case(ctx: Context) -> Iterator[RunFn]:
         import s3fs  # noqa: F401
     except ImportError as error:
         raise Skip(f"s3fs, boto3 or moto[server] is not installed: {error}") from error
-    executor = make_executor("threads", ctx, max_workers=ctx.workers)
+    executor = make_executor("threads", max_workers=ctx.workers)
     with moto_server() as options:
         source = zarr.create_array(
             "s3://bench/source.zarr",

@@ -1,7 +1,7 @@
 """Fixtures shared by every test: sample arrays and groups, a dask cluster, a Prefect server.
 
 Prefect reads its settings when it is first imported, so the quiet test
-settings (ENGINE_NOTES.md) are set here, before any test module imports it,
+settings (docs/engines.md) are set here, before any test module imports it,
 with a throwaway ``PREFECT_HOME``. Helpers live in tests/helpers.py.
 """
 

@@ -22,6 +22,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import zip_longest
 
+import numpy as np
+
+from rechunker_core.blocks import Blocks
+from rechunker_core.chunkio import BUFFERS
 from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import remove
@@ -52,8 +56,26 @@ MIN_BATCHES_PER_ROUND = 1000
 
 
 def copy_region(stage: CopySpec, region: Region) -> None:
-    """Copy one task's region: read it from the stage's source, write it to its target."""
-    stage.target.write(region, stage.source.read(region))
+    """Copy one task's region: read it from the stage's source, write it to its target.
+
+    The region is held as the target's write chunks (:class:`~rechunker_core.blocks.Blocks`),
+    in memory from the process's pool (:data:`~rechunker_core.chunkio.BUFFERS`), so
+    consecutive tasks refill memory already touched.
+    """
+    dtype = np.dtype(stage.source.dtype)
+    chunks = stage.target.block_chunks(region)
+    if dtype.hasobject:
+        blocks = Blocks(region, chunks, None, dtype)
+        stage.source.read_into(region, blocks)
+        stage.target.write(region, blocks)
+        return
+    buffer = BUFFERS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
+    try:
+        blocks = Blocks(region, chunks, buffer, dtype)
+        stage.source.read_into(region, blocks)
+        stage.target.write(region, blocks)
+    finally:
+        BUFFERS.give(buffer)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import zarr
 from zarr.abc.store import Store
 
 from rechunker_core.algorithm import MemoryModel
+from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
 from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.spec import ArrayRef
@@ -284,6 +285,10 @@ class DaskRef:
     def read(self, region: Region) -> np.ndarray[Any, Any]:
         """Compute ``region`` of the array, in this thread."""
         return np.asarray(self.array[region].compute(scheduler="sync"))
+
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Compute ``region`` of the array into ``blocks``."""
+        blocks.assign(tuple(slice(0, s.stop - s.start) for s in region), self.read(region))
 
     def __repr__(self) -> str:
         return f"DaskRef(shape={self.shape}, dtype={self.dtype}, blocks<={self.chunks})"

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region, region_slices
 from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.storage import ZarrRef
@@ -41,7 +42,9 @@ class ArrayRef(Protocol):
     @property
     def read_chunks(self) -> tuple[int, ...]: ...
 
-    def read(self, region: Region) -> np.ndarray[Any, Any]: ...
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Put the values in ``region`` into ``blocks``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numcodecs
 import numpy as np
@@ -41,10 +41,21 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from rechunker_core.algorithm import MemoryModel
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
 
-__all__ = ["BUFFERS", "CONCURRENCY", "BufferPool", "ChunkIO", "all_fill", "chunk_io"]
+__all__ = [
+    "CONCURRENCY",
+    "REGIONS",
+    "SCRATCH",
+    "BufferPool",
+    "ChunkIO",
+    "all_fill",
+    "chunk_io",
+    "reading_memory",
+    "writing_memory",
+]
 
 #: Requests one task keeps in flight on stores other than local directories,
 #: so that object-store latency overlaps (local reads and writes go one by one).
@@ -171,13 +182,18 @@ class BufferPool:
 
     Filling memory already touched runs two to three times as fast as filling
     fresh pages, which the kernel must zero first (docs/engines.md), and a
-    rechunk allocates the same few sizes again and again. Buffers returned
-    with :meth:`give` are handed out again by :meth:`take`; those nobody took
-    for :data:`IDLE_SECONDS` are dropped, so an idle process holds nothing.
+    stage asks for the same few sizes again and again. :meth:`take` hands out
+    a returned buffer only if it is the size asked for (within
+    :data:`SLACK` bytes), so a task never holds more than the planner's memory
+    model counts for it; when none is, the returned buffers belong to sizes no
+    longer asked for and are dropped. Buffers nobody took for
+    :data:`IDLE_SECONDS` are dropped too, so an idle process holds nothing.
     """
 
     #: How long a returned buffer is kept for another task.
     IDLE_SECONDS = 2.0
+    #: How much larger than asked for a reused buffer may be.
+    SLACK = 64 * 1024
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -188,29 +204,32 @@ class BufferPool:
         """A C-contiguous, uninitialised array of ``shape`` and ``dtype``."""
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         with self._lock:
-            fits = [i for i, (_, b) in enumerate(self._free) if b.nbytes >= nbytes]
-            if fits:
-                best = min(fits, key=lambda i: self._free[i][1].nbytes)
-                buffer = self._free.pop(best)[1]
-            else:
-                buffer = None
-                if self._free:  # too small for this task: make room instead of keeping it
-                    self._free.remove(max(self._free, key=lambda item: item[1].nbytes))
+            fits = [
+                i
+                for i, (_, b) in enumerate(self._free)
+                if nbytes <= b.nbytes <= nbytes + self.SLACK
+            ]
+            buffer = self._free.pop(fits[0])[1] if fits else None
+            if buffer is None:
+                self._free.clear()  # freed before the new buffer is made
         if buffer is None:
             buffer = np.empty(nbytes, np.uint8)
         return buffer[:nbytes].view(dtype).reshape(shape)
 
     def give(self, array: np.ndarray[Any, Any]) -> None:
         """Return an array :meth:`take` handed out."""
-        base = array.base if isinstance(array.base, np.ndarray) else array
+        base = array
         while isinstance(base.base, np.ndarray):
             base = base.base
         with self._lock:
             self._free.append((time.monotonic(), base))
             if self._timer is None:
-                self._timer = threading.Timer(self.IDLE_SECONDS, self._trim)
-                self._timer.daemon = True
-                self._timer.start()
+                self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._timer = threading.Timer(self.IDLE_SECONDS, self._trim)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _trim(self) -> None:
         with self._lock:
@@ -218,12 +237,10 @@ class BufferPool:
             self._free = [(t, b) for t, b in self._free if now - t < self.IDLE_SECONDS]
             self._timer = None
             if self._free:
-                self._timer = threading.Timer(self.IDLE_SECONDS, self._trim)
-                self._timer.daemon = True
-                self._timer.start()
+                self._start_timer()
 
     def clear(self) -> None:
-        """Drop every free buffer now (the end of a run)."""
+        """Drop every free buffer now."""
         with self._lock:
             self._free.clear()
 
@@ -234,8 +251,10 @@ class BufferPool:
             return sum(b.nbytes for _, b in self._free)
 
 
-#: The process's pool: task regions and chunk scratch space.
-BUFFERS = BufferPool()
+#: The process's pools: one for task regions, one for scratch chunks, so each
+#: sees one size per stage.
+REGIONS = BufferPool()
+SCRATCH = BufferPool()
 
 
 # --------------------------------------------------------------------------
@@ -343,7 +362,7 @@ class _StoreChunks:
 
 
 def _chunks_of(store: Store, path: str) -> _LocalChunks | _StoreChunks:
-    if type(store) is LocalStore:
+    if _local(store):
         root = Path(str(store.root))
         return _LocalChunks(root / path if path else root)
     return _StoreChunks(store, path, CONCURRENCY)
@@ -416,14 +435,14 @@ class ChunkIO:
         a scratch chunk and copied into the blocks it spans.
         """
         pieces = list(_pieces(region, self.chunks, self.shape))
-        scratch = BUFFERS.take(self.chunks, self.dtype)
+        scratch = SCRATCH.take(self.chunks, self.dtype)
         try:
             if self.codec.compressor is None and isinstance(self._store, _LocalChunks):
                 self._read_raw(pieces, blocks, scratch, self._store)
             else:
                 self._read_encoded(pieces, blocks, scratch)
         finally:
-            BUFFERS.give(scratch)
+            SCRATCH.give(scratch)
 
     def _read_raw(
         self,
@@ -475,6 +494,27 @@ class ChunkIO:
         """Whether each chunk ``region`` touches is stored, in C order."""
         pieces = _pieces(region, self.chunks, self.shape)
         return [self._store.exists(self._key(p.coords)) for p in pieces]
+
+
+def _local(store: Store) -> TypeGuard[LocalStore]:
+    """Whether chunks of ``store`` are plain files here (not wrapped: a wrapper adds behaviour)."""
+    return type(store) is LocalStore
+
+
+def reading_memory(array: zarr.Array[Any]) -> MemoryModel:
+    """What reading ``array`` costs a task in memory (see :class:`MemoryModel`)."""
+    if chunk_codec(array) is None:  # zarr's own path: a new array, many chunks at once
+        return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=1)
+    return MemoryModel() if _local(array.store) else MemoryModel(concurrency=CONCURRENCY)
+
+
+def writing_memory(local: bool, sharded: bool) -> MemoryModel:
+    """What reading or writing an array we create costs a task in memory.
+
+    ``local``: it lives in a local directory; ``sharded``: it is written shard
+    by shard through zarr's own path.
+    """
+    return MemoryModel() if local or sharded else MemoryModel(concurrency=CONCURRENCY)
 
 
 def chunk_io(array: zarr.Array[Any], store: Store, path: str) -> ChunkIO | None:

@@ -25,7 +25,7 @@ from itertools import zip_longest
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import BUFFERS
+from rechunker_core.chunkio import REGIONS
 from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import remove
@@ -59,7 +59,7 @@ def copy_region(stage: CopySpec, region: Region) -> None:
     """Copy one task's region: read it from the stage's source, write it to its target.
 
     The region is held as the target's write chunks (:class:`~rechunker_core.blocks.Blocks`),
-    in memory from the process's pool (:data:`~rechunker_core.chunkio.BUFFERS`), so
+    in memory from the process's pool (:data:`~rechunker_core.chunkio.REGIONS`), so
     consecutive tasks refill memory already touched.
     """
     dtype = np.dtype(stage.source.dtype)
@@ -69,13 +69,13 @@ def copy_region(stage: CopySpec, region: Region) -> None:
         stage.source.read_into(region, blocks)
         stage.target.write(region, blocks)
         return
-    buffer = BUFFERS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
+    buffer = REGIONS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
     try:
         blocks = Blocks(region, chunks, buffer, dtype)
         stage.source.read_into(region, blocks)
         stage.target.write(region, blocks)
     finally:
-        BUFFERS.give(buffer)
+        REGIONS.give(buffer)
 
 
 @dataclass(frozen=True)

@@ -221,9 +221,9 @@ def test_rechunk_reuses_buffers_and_copies_exactly(tmp_path: Path) -> None:
                         temp_store=str(tmp_path / "tmp.zarr"))  # fmt: skip
     target = rechunked.execute()
     npt.assert_array_equal(target[...], source[...])
-    assert chunkio.BUFFERS.held > 0  # kept for the next task...
+    assert chunkio.REGIONS.held > 0 and chunkio.SCRATCH.held > 0  # kept for the next task...
     time.sleep(2.5 * BufferPool.IDLE_SECONDS)
-    assert chunkio.BUFFERS.held == 0  # ...and given back once idle
+    assert chunkio.REGIONS.held == chunkio.SCRATCH.held == 0  # ...and given back once idle
 
 
 def test_buffer_pool_hands_out_distinct_buffers() -> None:
@@ -232,11 +232,14 @@ def test_buffer_pool_hands_out_distinct_buffers() -> None:
     b = pool.take((100,), np.dtype("f8"))
     assert not np.shares_memory(a, b)
     pool.give(a)
-    c = pool.take((50,), np.dtype("f8"))
-    assert np.shares_memory(a, c)  # reused
+    c = pool.take((20, 5), np.dtype("f8"))
+    assert np.shares_memory(a, c)  # the same size: reused
     pool.give(b)
     pool.give(c)
     assert pool.held == 1600
+    d = pool.take((10**5,), np.dtype("f8"))  # a size nobody returned: the others are dropped
+    assert pool.held == 0 and not np.shares_memory(d, a)
+    pool.give(d)
     pool.clear()
     assert pool.held == 0
 

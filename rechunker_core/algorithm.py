@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import pairwise, product
 
 from rechunker_core.compat import (
@@ -757,13 +758,12 @@ def plan_layout(
     if any(n == 0 for n in shape):
         return _empty_layout(shape, itemsize, source, target)
     memory = memory or MemoryModel()
-    problem = _Problem(
-        shape,
-        itemsize,
-        max_mem,
-        source_memory or memory,
-        memory,
-        target_memory or memory,
-        cost or CostModel(),
-    )
+    models = (source_memory or memory, memory, target_memory or memory)
+    problem = _Problem(shape, itemsize, max_mem, *models, cost or CostModel())
+    return _plan_once(problem, source, target, max_stages)
+
+
+@lru_cache(maxsize=256)
+def _plan_once(problem: _Problem, source: Shape, target: Shape, max_stages: int) -> Layout:
+    """:func:`_best_of`, once per problem: a group of many arrays alike is planned once."""
     return _best_of(problem, source, target, max_stages)

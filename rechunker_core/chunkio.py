@@ -490,10 +490,16 @@ class ChunkIO:
             coords = tuple(o + i for o, i in zip(origin, index, strict=True))
             yield self._key(coords), self.codec.encode(block)
 
-    def stored(self, region: Region) -> list[bool]:
-        """Whether each chunk ``region`` touches is stored, in C order."""
+    def any_stored(self, region: Region) -> bool:
+        """Whether any chunk ``region`` touches is stored (else it reads as the fill value)."""
         pieces = _pieces(region, self.chunks, self.shape)
-        return [self._store.exists(self._key(p.coords)) for p in pieces]
+        return any(self._store.exists(self._key(p.coords)) for p in pieces)
+
+    def omits(self, fill_value: Any) -> bool:
+        """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""
+        if not self.skip_empty:
+            return False
+        return all_fill(np.asarray(fill_value, self.dtype).reshape(1), self.fill_value)
 
 
 def _local(store: Store) -> TypeGuard[LocalStore]:

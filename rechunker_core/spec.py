@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -91,12 +92,12 @@ class CopySpec:
         """The shape of both arrays."""
         return tuple(self.target.shape)
 
-    @property
+    @cached_property
     def task_grid(self) -> tuple[int, ...]:
         """Tasks along each dimension."""
         return tuple(-(-n // c) for n, c in zip(self.shape, self.task_chunks))
 
-    @property
+    @cached_property
     def num_tasks(self) -> int:
         """How many tasks the copy has."""
         return math.prod(self.task_grid)

@@ -73,6 +73,16 @@ class ZarrRef:
             return self.chunks
         return tuple(s.stop - s.start for s in region)
 
+    def copies_nothing(self, region: Region, target: ZarrRef) -> bool:
+        """Whether copying ``region`` to ``target`` would write nothing: this array
+        stores no chunk there (it reads as its fill value), and ``target`` leaves
+        out chunks of that value. A metadata-only or sparse source then costs a
+        task one look at its chunk keys."""
+        source, written = self._opened("r").io, target._opened("r+").io
+        if source is None or written is None or source.fill_value is None:
+            return False
+        return written.omits(source.fill_value) and not source.any_stored(region)
+
     def read_into(self, region: Region, blocks: Blocks) -> None:
         """Fill ``blocks`` with the values in ``region``."""
         opened = self._opened("r")

@@ -80,7 +80,7 @@ def test_task_runner_from_execute(tmp_path: Path, make_array: ArrayFactory) -> N
     from prefect.task_runners import ThreadPoolTaskRunner
 
     source = make_array(MemoryStore(), (41, 37), (41, 1), dtype="i4", fill_value=-1)
-    rechunked = rechunk(source, (1, 37), 3000, MemoryStore(), temp_store=MemoryStore(),
+    rechunked = rechunk(source, (1, 37), 2500, MemoryStore(), temp_store=MemoryStore(),
                         executor=PrefectExecutor(task_runner=ThreadPoolTaskRunner(3)))  # fmt: skip
     target = rechunked.execute(task_runner=ThreadPoolTaskRunner(max_workers=1))
     assert_same_array(target, source)  # type: ignore[arg-type]

@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import zarr
-from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from rechunker_core.executors import Executor
@@ -39,6 +38,7 @@ from rechunker_core.places import Destination
 from rechunker_core.sources import Source, SourceArray
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, clear_cache
+from rechunker_core.zarr_internals import sync
 
 __all__ = ["check_places", "create_specs", "rehearse"]
 

@@ -35,9 +35,10 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+
+from rechunker_core.zarr_internals import memory_store_identity, sync, unwrap_store
 
 __all__ = [
     "CLAIM_KEY",
@@ -161,19 +162,13 @@ class Elsewhere:
 _LIVE_STORES: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
 
 
-def _unwrap(store: Store) -> Store:
-    while isinstance(store, WrapperStore):
-        store = store._store
-    return store
-
-
 def _is_memory(store: str | Store | Elsewhere) -> bool:
     """Whether data in ``store`` lives in one process's memory only."""
     if isinstance(store, Elsewhere):
         return True
     if isinstance(store, str):
         return "://" in store and _split_url(store)[0] == "memory"
-    store = _unwrap(store)
+    store = unwrap_store(store)
     return isinstance(store, MemoryStore) or (
         isinstance(store, FsspecStore) and _fs_protocol(store) == "memory"
     )
@@ -191,7 +186,7 @@ def _restore(
 def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
     if isinstance(store, Elsewhere):
         return Identity(f"memory-store:elsewhere:{store}", _key_parts(path))
-    store = _unwrap(store)
+    store = unwrap_store(store)
     if isinstance(store, LocalStore):
         return Identity("file", _local_parts(os.path.join(str(store.root), path)))
     if isinstance(store, FsspecStore):
@@ -201,7 +196,7 @@ def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
         return Identity(protocol, _key_parts(store.path, path))
     if isinstance(store, MemoryStore):
         # Two MemoryStore objects may share one dict: they are the same place.
-        return Identity(f"memory-store:{id(store._store_dict)}", _key_parts(path))
+        return Identity(f"memory-store:{memory_store_identity(store)}", _key_parts(path))
     return Identity(f"{type(store).__name__}:{id(store)}", _key_parts(path))
 
 

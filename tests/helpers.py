@@ -20,8 +20,7 @@ import numpy.testing as npt
 import pytest
 import zarr
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from rechunker_core.executors.python import PythonExecutor
@@ -29,6 +28,7 @@ from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.geometry import Region
 from rechunker_core.spec import StagedCopySpec
 from rechunker_core.storage import ZarrRef
+from rechunker_core.zarr_internals import sync
 
 # --------------------------------------------------------------------------
 # Sample arrays and groups, and comparing stores

@@ -38,6 +38,7 @@ from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
 
+from rechunker_core.sessions import SessionPlace
 from rechunker_core.zarr_internals import memory_store_identity, sync, unwrap_store
 
 __all__ = [
@@ -162,10 +163,12 @@ class Elsewhere:
 _LIVE_STORES: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
 
 
-def _is_memory(store: str | Store | Elsewhere) -> bool:
+def _is_memory(store: str | Store | SessionPlace | Elsewhere) -> bool:
     """Whether data in ``store`` lives in one process's memory only."""
     if isinstance(store, Elsewhere):
         return True
+    if isinstance(store, SessionPlace):
+        return False
     if isinstance(store, str):
         return "://" in store and _split_url(store)[0] == "memory"
     store = unwrap_store(store)
@@ -183,7 +186,9 @@ def _restore(
     return StoreLocation(store, path, options, owner)
 
 
-def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
+def _store_identity(store: Store | Elsewhere | SessionPlace, path: str) -> Identity:
+    if isinstance(store, SessionPlace):
+        return Identity(f"icechunk:{store.token}", _key_parts(path))
     if isinstance(store, Elsewhere):
         return Identity(f"memory-store:elsewhere:{store}", _key_parts(path))
     store = unwrap_store(store)
@@ -207,10 +212,11 @@ class StoreLocation:
 
     Attributes
     ----------
-    store : str, zarr.abc.store.Store or Elsewhere
+    store : str, zarr.abc.store.Store, SessionPlace or Elsewhere
         Local paths are absolute and free of symlinks once made by
-        :func:`resolve_location`. :class:`Elsewhere` is another process's
-        in-memory store.
+        :func:`resolve_location`. A :class:`~rechunker_core.sessions.SessionPlace`
+        is an Icechunk session written through forks. :class:`Elsewhere` is
+        another process's in-memory store.
     path : str
         ``""`` for the store root; ``/``-separated.
     storage_options : dict
@@ -220,7 +226,7 @@ class StoreLocation:
         made the location, unless given).
     """
 
-    store: str | Store | Elsewhere
+    store: str | Store | SessionPlace | Elsewhere
     path: str = ""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     owner: Process | None = field(default=None, compare=False)
@@ -235,7 +241,7 @@ class StoreLocation:
             # Pickle a token, not the store: unpickled elsewhere a MemoryStore
             # would be an empty copy whose writes are lost.
             token = f"{id(self.store)}"
-            if not isinstance(self.store, Elsewhere):
+            if isinstance(self.store, Store):
                 _LIVE_STORES[token] = self.store
             return (_restore, (token, str(self.store), self.path, options, self.owner))
         return (StoreLocation, (self.store, self.path, options, self.owner))
@@ -268,6 +274,11 @@ class StoreLocation:
         return Path(str(identity)) if identity.namespace == "file" else None
 
     @property
+    def icechunk(self) -> SessionPlace | None:
+        """The Icechunk session this location writes into, if it is one."""
+        return self.store if isinstance(self.store, SessionPlace) else None
+
+    @property
     def in_memory(self) -> bool:
         """Whether the data lives in one process's memory only."""
         return self.owner is not None
@@ -296,6 +307,8 @@ class StoreLocation:
         if isinstance(self.store, str):
             options = json.dumps(dict(self.storage_options), sort_keys=True, default=str)
             return ("url", self.store.rstrip("/"), self.path, options)
+        if isinstance(self.store, SessionPlace):
+            return (*self.store.cache_key(), self.path)
         # The cache holds the store while it holds this key, so ids stay unique.
         return ("object", str(id(self.store)), self.path)
 
@@ -316,6 +329,8 @@ class StoreLocation:
             raise ValueError(self._elsewhere_message())
         if isinstance(self.store, Elsewhere):  # unpickled after its store was gone
             raise ValueError(self._elsewhere_message())
+        if isinstance(self.store, SessionPlace):
+            return self.store.zarr_store()
         if not isinstance(self.store, str):
             return self.store
         if "://" not in self.store:
@@ -683,6 +698,8 @@ def location_to_dict(location: StoreLocation) -> dict[str, Any]:
         For a store that is a Python object, or a relative local path: a
         saved plan is read from other processes and directories.
     """
+    if isinstance(location.store, SessionPlace):
+        return {"icechunk": location.store.to_dict(), "path": location.path}
     if not isinstance(location.store, str):
         raise ValueError(
             f"cannot save a reference to {location.describe()} as JSON: its store is a "
@@ -702,6 +719,8 @@ def location_to_dict(location: StoreLocation) -> dict[str, Any]:
 
 def location_from_dict(data: Mapping[str, Any]) -> StoreLocation:
     """Inverse of :func:`location_to_dict`."""
+    if "icechunk" in data:
+        return StoreLocation(SessionPlace.from_dict(data["icechunk"]), data["path"])
     owner = data.get("owner")
     return StoreLocation(
         data["store"],

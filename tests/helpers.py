@@ -282,11 +282,31 @@ class Mode:
 
     ``make(request)`` returns the executor; it may use ``request.getfixturevalue``
     to reach session fixtures (a dask cluster, a Prefect harness).
+
+    ``cases`` limits a mode to some of the shared suite's cases: test names,
+    or ``name[zarr_format]`` for one format of a case run in both. ``None``
+    runs every case. A mode whose every run starts processes pays seconds
+    per case; it runs the cases that take the paths it alone adds (specs
+    pickled or saved as JSON, tasks of one round spread over processes, the
+    refusal of in-memory stores), while the engine's in-process mode, which
+    builds the same plan, runs them all.
     """
 
     name: str
     make: Callable[[pytest.FixtureRequest], Any]
     in_process: bool = True
+    cases: frozenset[str] | None = None
+
+    def runs(self, case: str, zarr_format: int | None = None) -> bool:
+        """Whether the shared suite runs ``case`` (in ``zarr_format``) in this mode.
+
+        >>> mode = Mode("m", print, cases=frozenset({"test_a", "test_b[3]"}))
+        >>> mode.runs("test_a", 2), mode.runs("test_b", 3), mode.runs("test_b", 2)
+        (True, True, False)
+        """
+        if self.cases is None:
+            return True
+        return case in self.cases or f"{case}[{zarr_format}]" in self.cases
 
 
 MODES: list[Mode] = [
@@ -336,15 +356,46 @@ def _parts(request: pytest.FixtureRequest) -> Any:
     return PartsExecutor(request.getfixturevalue("tmp_path") / "plan.json", parts=2)
 
 
+#: The suite's cases for process-based modes: several arrays, each of several
+#: stages (the barriers between rounds, finish in a worker), shards written by
+#: different processes, and the refusal of in-memory stores.
+_ACROSS_PROCESSES = frozenset(
+    {"test_nested_group[3]", "test_sharded_target", "test_refuses_in_memory_stores"}
+)
+
 MODES += [
     Mode("dask-sync", _dask(scheduler="sync")),
     Mode("dask-threads", _dask(scheduler="threads", num_workers=2)),
-    Mode("dask-processes", _dask(scheduler="processes", num_workers=2), in_process=False),
-    Mode("dask-distributed", _dask_distributed, in_process=False),
+    Mode(
+        "dask-processes",
+        _dask(scheduler="processes", num_workers=2),
+        in_process=False,
+        cases=_ACROSS_PROCESSES | {"test_multi_stage_deletes_intermediates[2]"},
+    ),
+    Mode(
+        "dask-distributed",
+        _dask_distributed,
+        in_process=False,
+        cases=_ACROSS_PROCESSES | {"test_keep_temp_keeps_intermediates"},
+    ),
     Mode("prefect", _prefect),
     # Beam runs unpickled copies of the plan even in one process, so a
     # MemoryStore's writes would be lost: it refuses them in every mode.
     Mode("beam-threads", _beam("multi_threading"), in_process=False),
-    Mode("beam-processes", _beam("multi_processing"), in_process=False),
-    Mode("parts", _parts, in_process=False),
+    # The same pipeline as beam-threads; only its workers are processes.
+    Mode("beam-processes", _beam("multi_processing"), in_process=False, cases=_ACROSS_PROCESSES),
+    # Every case runs from a JSON plan: each kind of spec (formats, groups,
+    # shards on either side, kept intermediates) must survive the round trip.
+    Mode(
+        "parts",
+        _parts,
+        in_process=False,
+        cases=_ACROSS_PROCESSES
+        | {
+            "test_single_stage[2]",
+            "test_sharded_source",
+            "test_keep_temp_keeps_intermediates",
+            "test_multi_stage_deletes_intermediates[2]",
+        },
+    ),
 ]

@@ -390,6 +390,9 @@ class StoreLocation:
                     entry.unlink()
             return
         store = self.open_store()
+        if self.icechunk is not None:  # holds no claim; deletes a node with its chunks
+            sync(store.delete_dir(self.path))
+            return
         for key in sync(_list(store, self.path)):
             if key != keep:
                 full = f"{self.path}/{key}" if self.path else key

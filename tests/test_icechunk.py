@@ -303,3 +303,22 @@ def test_bad_input_is_refused_before_anything_is_written(
         ordinary.execute(commit="x")
     assert repo.lookup_branch("main") == before and branch_arrays(repo) == []
     assert not (tmp_path / "t.zarr" / "c").exists()  # metadata only: nothing ran
+
+
+def test_an_array_of_the_repository_is_replaced_only_when_asked(
+    tmp_path: Path, source: zarr.Array[Any]
+) -> None:
+    repo = new_repo(tmp_path / "repo")
+    rechunk(source, (1, 37), "1MB", repo.writable_session("main"), array_name="air").execute(
+        commit="first"
+    )
+    first = repo.lookup_branch("main")
+    with pytest.raises(ValueError, match="already holds data"):
+        rechunk(source, (10, 37), "1MB", repo.writable_session("main"), array_name="air")
+    assert repo.lookup_branch("main") == first
+    again = rechunk(source, (10, 37), "1MB", repo.writable_session("main"), array_name="air",
+                    target_options={"overwrite": True})  # fmt: skip
+    again.execute(commit="second")
+    air = committed(repo, "air")
+    assert air.chunks == (10, 37)
+    npt.assert_array_equal(air[...], source[...])

@@ -35,6 +35,7 @@ __all__ = [
     "Progress",
     "Round",
     "Tracker",
+    "check_driver",
     "complete",
     "copy_region",
     "finish",
@@ -253,6 +254,23 @@ def finish(specs: Iterable[StagedCopySpec]) -> None:
     for spec in specs:
         for claim in spec.claims:
             claim.release()
+
+
+def check_driver(specs: Iterable[StagedCopySpec], what: str) -> None:
+    """Refuse to end a plan outside the process that can complete it (:func:`complete`).
+
+    Raises
+    ------
+    ValueError
+        When a target is an Icechunk session held by another process.
+    """
+    for spec in specs:
+        place = spec.stages[-1].target.location.icechunk
+        if place is not None and not place.in_driver:
+            raise ValueError(
+                f"{what} writes into {place}, which only the process that made the plan can "
+                "merge and commit; run it with Rechunked.execute() (PartsExecutor for parts)"
+            )
 
 
 def complete(specs: Sequence[StagedCopySpec], commit: str | None = None) -> None:

@@ -330,7 +330,7 @@ class StoreLocation:
         if isinstance(self.store, Elsewhere):  # unpickled after its store was gone
             raise ValueError(self._elsewhere_message())
         if isinstance(self.store, SessionPlace):
-            return self.store.zarr_store()
+            return self.store.zarr_store(read_only)
         if not isinstance(self.store, str):
             return self.store
         if "://" not in self.store:

@@ -161,6 +161,11 @@ class SessionPlace:
         return place
 
     @property
+    def in_driver(self) -> bool:
+        """Whether this process holds the run's fork, and so can merge and commit the run."""
+        return self._here
+
+    @property
     def _here(self) -> bool:
         """Whether this is the driver's place, in the driver's process (not a fork of it)."""
         return self._copy is None and self._pid == os.getpid()
@@ -229,29 +234,47 @@ class SessionPlace:
 
     # -- the zarr store tasks read and write ---------------------------------
 
-    def zarr_store(self) -> Store:
+    def zarr_store(self, read_only: bool = False) -> Store:
         """The zarr store to use now: the current batch's fork, the run's fork,
-        or, once the run is complete, the session's own store."""
+        or, once the run is complete, the session's own store.
+
+        Reads before anything is written (the checks of :func:`rechunk`) go
+        to the session itself: forking waits for the first write, so a rechunk
+        refused by its checks leaves the session as it was.
+        """
         current = _BATCH_FORK.get()
         if current is not None and current[0] == self.token:
             return current[1]
-        if not self._here:  # outside a batch, a copy only reads: what the run started from
-            return self._store("base", lambda: pickle.loads(self._sealed_copy().base).store)
-        if self.completed:
-            return self._store("session", lambda: self.session.store)
-        return self._store("fork", lambda: self.fork.store)
-
-    def _store(self, name: str, make: Any) -> Store:
-        # One store object per session: zarr caches arrays by it, and each
-        # ``.store`` of a session is a new one.
+        name = self._state()
+        if read_only and name == "fork" and self._fork is None:
+            name = "session"
         with self._lock:
             if name not in self._stores:
-                self._stores[name] = make()
+                # One store object per state: zarr's arrays are cached by it,
+                # and each ``.store`` of a session is a new one.
+                self._stores[name] = self._make_store(name)
             return self._stores[name]
+
+    def _state(self) -> str:
+        if not self._here:  # outside a batch, a copy only reads what the run started from
+            return "base"
+        return "session" if self.completed else "fork"
+
+    def _make_store(self, name: str) -> Store:
+        if name == "base":
+            store: Store = pickle.loads(self._sealed_copy().base).store
+        elif name == "session":
+            store = self.session.store
+        else:
+            store = self.fork.store
+        return store
 
     def cache_key(self) -> tuple[str, ...]:
         """A name for the open-array cache: one per store :meth:`zarr_store` gives."""
-        return ("icechunk", self.token, str(id(self.zarr_store())))
+        current = _BATCH_FORK.get()
+        if current is not None and current[0] == self.token:
+            return ("icechunk", self.token, f"batch-{id(current[1])}")
+        return ("icechunk", self.token, self._state())
 
     @contextlib.contextmanager
     def batch(self, tasks: TaskRange) -> Iterator[None]:

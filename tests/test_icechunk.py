@@ -24,7 +24,15 @@ import pytest
 import zarr
 
 from rechunker_core import rechunk
-from tests.helpers import MODES, ArrayFactory, GroupFactory, Mode, assert_same_group
+from tests.helpers import (
+    MODES,
+    ArrayFactory,
+    GroupFactory,
+    Mode,
+    assert_same_group,
+    run_cli,
+    run_stages,
+)
 
 icechunk = pytest.importorskip("icechunk")
 
@@ -322,3 +330,22 @@ def test_an_array_of_the_repository_is_replaced_only_when_asked(
     air = committed(repo, "air")
     assert air.chunks == (10, 37)
     npt.assert_array_equal(air[...], source[...])
+
+
+def test_a_saved_plan_is_finished_only_by_the_process_that_made_it(
+    tmp_path: Path, source: zarr.Array[Any]
+) -> None:
+    from rechunker_core.executors.parts import PartsExecutor
+
+    repo = new_repo(tmp_path / "repo")
+    before = repo.lookup_branch("main")
+    plan = tmp_path / "plan.json"
+    rechunked = rechunk(source, (10, 37), "1MB", repo.writable_session("main"),
+                        array_name="air", executor=PartsExecutor(plan, parts=1))  # fmt: skip
+    run_stages(plan, stages=1, parts=1)  # as a batch system would
+    done = run_cli("finish", plan)
+    assert done.returncode == 2
+    assert "only the process that made the plan can merge and commit" in done.stderr
+    assert repo.lookup_branch("main") == before
+    rechunked.execute(commit="from the driver")  # runs the part again, then merges
+    npt.assert_array_equal(committed(repo, "air")[...], source[...])

@@ -2,7 +2,9 @@
 
 In-process modes get MemoryStores; modes whose tasks run in other processes
 (``in_process=False``) get stores on disk, and must refuse in-memory stores.
-Every target is compared with its source element by element.
+Every target is compared with its source element by element. Modes that
+start processes for every run take the cases their ``Mode.cases`` names
+(tests/helpers.py); the others take every case, in both zarr formats.
 """
 
 from __future__ import annotations

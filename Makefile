@@ -1,12 +1,22 @@
 # Two commands set up everything on a fresh machine with Python 3.11+:
 #   make demo   - create .venv, install, rechunk a ~500 MB sample array
-#   make test   - create .venv, install test extras, lint, type-check, run the suite
+#   make test   - create .venv, install test extras, lint, type-check, run the suite;
+#                 then run the suite again on Python 3.13 with the newest releases
+#                 of every dependency (.venv-newest), when a 3.13 interpreter exists
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: demo test lint clean
+# The newest-releases run: Python 3.13 from pyenv (its `python3.13` shim refuses
+# to run without a pyenv version selected, so the interpreter is found by path).
+# Override with `make test PYTHON_NEWEST=/path/to/python3.13`.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+PYTHON_NEWEST ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13)))
+VENV_NEWEST := .venv-newest
+BIN_NEWEST := $(VENV_NEWEST)/bin
+
+.PHONY: demo demo-newest test suite suite-newest lint clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +30,44 @@ $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e ".[test]"
 	touch $@ $(VENV)/.installed-base
 
+# --upgrade: the newest release of everything that installs together, not
+# whatever an earlier run left in the venv.
+$(VENV_NEWEST)/.installed-test: pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON_NEWEST) $(VENV_NEWEST)
+	$(UV) pip install --quiet --upgrade --python $(BIN_NEWEST)/python -e ".[test]"
+	touch $@
+
 demo: $(VENV)/.installed-base
 	$(BIN)/rechunker-core demo --dir demo-data
+
+demo-newest: $(VENV_NEWEST)/.installed-test
+	$(BIN_NEWEST)/rechunker-core demo --dir demo-data
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/typecheck.py
 
+# The two suites run at once, each printing its output when it ends: either
+# keeps one core busy only part of the time (it waits on subprocesses, servers
+# and I/O), so on 2 cores together they take much less than one after the other.
 test: lint
+	@echo "running the suite on $(VENV) and, with Python 3.13, on the newest releases" \
+	      "($(VENV_NEWEST)) at once; each one's output follows when it ends"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target suite suite-newest
+
+suite: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
+suite-newest:
+ifeq ($(PYTHON_NEWEST),)
+	@echo "suite-newest: skipped: no Python 3.13 found (looked in $(PYENV_ROOT)/versions;" \
+	      "set PYTHON_NEWEST=/path/to/python3.13)"
+else
+	@$(MAKE) --no-print-directory $(VENV_NEWEST)/.installed-test
+	$(BIN_NEWEST)/python -m pytest -o cache_dir=.pytest_cache-newest
+endif
+
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(VENV_NEWEST) demo-data .pytest_cache .pytest_cache-newest .mypy_cache \
+	      .hypothesis

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rechunker_core.copy import Round, finish, rounds, run_batch
+from rechunker_core.copy import Round, check_driver, finish, rounds, run_batch
 from rechunker_core.spec import StagedCopySpec, dump_specs, load_specs
 
 __all__ = [
@@ -163,8 +163,10 @@ def finish_plan(plan: SavedPlan) -> None:
     Raises
     ------
     ValueError
-        If a part of some stage has not finished.
+        If a part of some stage has not finished, or the plan writes into an
+        Icechunk session that only the process that made it can commit.
     """
+    check_driver(plan.specs, str(plan.path))
     for stage in range(len(plan.rounds)):
         if missing := plan.missing_parts(stage):
             raise ValueError(

@@ -10,11 +10,12 @@ metadata (:mod:`~rechunker_core.create`) and asks the executor for its plan.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import zarr
 
 from rechunker_core.algorithm import format_bytes
+from rechunker_core.copy import complete
 from rechunker_core.create import check_places, create_specs, rehearse
 from rechunker_core.display import describe_jobs, html_table, summary_line, text_table
 from rechunker_core.executors import Executor, get_executor, refuse_in_memory
@@ -59,7 +60,7 @@ class Rechunked:
         self._dest = dest
         self._executed = False
 
-    def execute(self, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
+    def execute(self, commit: str | None = None, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
         """Run the plan on its executor and return the target.
 
         Keyword arguments go to the executor's ``execute_plan`` (for example
@@ -68,12 +69,25 @@ class Rechunked:
         A run that failed may be executed again: tasks are idempotent and
         the intermediates stay until a run succeeds.
 
+        Parameters
+        ----------
+        commit : str, optional
+            Icechunk targets only: commit the session with this message once
+            everything is written. Without it the target's changes are left
+            in the session, for the caller to commit (docs/icechunk.md).
+
         Raises
         ------
         ValueError
             When called after a run succeeded: it deleted the intermediates
-            and released the target; call :func:`rechunk` again instead.
+            and released the target; call :func:`rechunk` again instead. Or
+            for ``commit`` with a target that is not an Icechunk session.
         """
+        if commit is not None and self._dest.target.icechunk is None:
+            raise ValueError(
+                f"commit={commit!r} is for Icechunk targets; {self._dest.target.describe()} "
+                "is written in place, with nothing to commit"
+            )
         if self._executed:
             raise ValueError(
                 "this Rechunked has already been executed (its intermediates are gone and "
@@ -81,6 +95,7 @@ class Rechunked:
             )
         self._executor.execute_plan(self.plan, **kwargs)
         self._executed = True
+        complete(self.spec, commit)
         return self.target
 
     @property
@@ -88,9 +103,11 @@ class Rechunked:
         """The target, opened fresh: a ``zarr.Array``, or a ``zarr.Group`` for groups."""
         root = self._dest.target
         store = root.open_store()
+        # A committed Icechunk session is read-only.
+        mode: Literal["r", "r+"] = "r" if store.read_only else "r+"
         if self._source.is_group:
-            return zarr.open_group(store=store, path=root.path, mode="r+")
-        return zarr.open_array(store=store, path=self._jobs[0].target.path, mode="r+")
+            return zarr.open_group(store=store, path=root.path, mode=mode)
+        return zarr.open_array(store=store, path=self._jobs[0].target.path, mode=mode)
 
     @property
     def peak_task_memory(self) -> int:
@@ -137,7 +154,8 @@ def rechunk(
     max_mem : int or str
         Most bytes of array data one task may hold: ``268435456``, ``"256MB"``.
     target_store, temp_store : path, fsspec URL, zarr Store or zarr.Group
-        Where the target and the intermediates go (``temp_store`` only when needed).
+        Where the target and the intermediates go (``temp_store`` only when
+        needed); the target may be a writable ``icechunk.Session`` (docs/icechunk.md).
     target_options, temp_options : dict, optional
         ``zarr.create_array`` keywords (``compressors``, ``shards``,
         ``overwrite``, ``storage_options``, ...), shared or keyed by array name.

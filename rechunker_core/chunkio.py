@@ -8,11 +8,13 @@ chunk is contiguous in it, and encodes and stores its write chunks itself.
 Buffers are reused across the tasks a thread runs, so fresh pages are not
 zeroed again and again.
 
-This is the only module that reaches inside zarr (the codec classes and
-metadata fields it reads, and ``zarr.core.sync``). :func:`chunk_io` returns
-``None`` for anything it does not know (sharding, transposes, variable-length
-types, unknown codecs, big-endian v3 data), and the caller then uses zarr's
-own ``array[region]`` path.
+It reads zarr's array metadata (``codecs`` as their JSON configuration,
+format 2's ``compressor``, ``encode_chunk_key``) and runs store requests
+through :mod:`rechunker_core.zarr_internals`. :func:`chunk_io` returns
+``None`` for anything it does not know (sharding, transposes, filters,
+variable-length types, unknown codecs, big-endian v3 data), and the caller
+then uses zarr's own ``array[region]`` path; tests/test_chunkio.py runs both
+paths on the oldest and newest zarr ``make test`` installs.
 
 Regions are tuples of slices with explicit starts and stops, and cover whole
 chunks along every dimension they do not span (see :mod:`rechunker_core.spec`).
@@ -37,13 +39,13 @@ import numpy as np
 import zarr
 from numcodecs.abc import Codec
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from rechunker_core.algorithm import MemoryModel
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
+from rechunker_core.zarr_internals import sync
 
 __all__ = [
     "CONCURRENCY",

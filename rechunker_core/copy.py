@@ -11,7 +11,9 @@ Every executor calls these, and nothing else copies:
   into the contiguous shares of independent processes (:meth:`Round.part`).
 - :class:`Tracker` counts finished batches and reports progress, whichever
   executor ran them.
-- :func:`finish` is the last step of every plan.
+- :func:`finish` is the last step of every plan; :func:`complete` the
+  driver's, once the plan has run (it merges the changes of Icechunk targets
+  into their sessions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from rechunker_core.blocks import Blocks
 from rechunker_core.chunkio import REGIONS
 from rechunker_core.geometry import Region
+from rechunker_core.sessions import SessionPlace, batch_writes
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, remove
 
@@ -36,6 +39,8 @@ __all__ = [
     "Progress",
     "Round",
     "Tracker",
+    "check_driver",
+    "complete",
     "copy_region",
     "finish",
     "least_batch_size",
@@ -102,8 +107,10 @@ class Batch:
 
 def run_batch(batch: Batch) -> int:
     """Copy every task of ``batch``; return how many were copied."""
-    for task in batch.tasks:
-        copy_region(batch.stage, batch.stage.task_region(task))
+    target = batch.stage.target.location
+    with batch_writes(target.store, target.path, batch.tasks):
+        for task in batch.tasks:
+            copy_region(batch.stage, batch.stage.task_region(task))
     return batch.num_tasks
 
 
@@ -293,3 +300,44 @@ def finish(specs: Iterable[StagedCopySpec]) -> None:
     for spec in specs:
         for claim in spec.claims:
             claim.release()
+
+
+def check_driver(specs: Iterable[StagedCopySpec], what: str) -> None:
+    """Refuse to end a plan outside the process that can complete it (:func:`complete`).
+
+    Raises
+    ------
+    ValueError
+        When a target is an Icechunk session held by another process.
+    """
+    for spec in specs:
+        place = spec.stages[-1].target.location.icechunk
+        if place is not None and not place.in_driver:
+            raise ValueError(
+                f"{what} writes into {place}, which only the process that made the plan can "
+                "merge and commit; run it with Rechunked.execute() (PartsExecutor for parts)"
+            )
+
+
+def complete(specs: Sequence[StagedCopySpec], commit: str | None = None) -> None:
+    """The driver's last step, after the plan ran: merge into each Icechunk
+    session what the run wrote (and commit it, given a message).
+
+    Only the last stage of a spec writes its target, so those stages' tasks
+    are the ones every session must have heard of
+    (:meth:`rechunker_core.sessions.SessionPlace.complete`). Ordinary targets
+    need nothing.
+    """
+    sessions: dict[str, tuple[SessionPlace, dict[str, int]]] = {}
+    for spec in specs:
+        last = spec.stages[-1]
+        place = last.target.location.icechunk
+        if place is not None:
+            sessions.setdefault(place.token, (place, {}))[1][last.target.location.path] = (
+                last.num_tasks
+            )
+    for place, expected in sessions.values():
+        place.complete(expected, commit)
+    for spec in specs:  # a temp directory the run made held the sessions' changes till now
+        for location in spec.remove_empty:
+            location.remove_if_empty()

@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import zarr
-from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from rechunker_core.executors import Executor
@@ -39,6 +38,7 @@ from rechunker_core.places import Destination
 from rechunker_core.sources import Source, SourceArray
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, clear_cache
+from rechunker_core.zarr_internals import sync
 
 __all__ = ["check_places", "create_specs", "rehearse"]
 
@@ -225,6 +225,8 @@ def create_specs(
         claims = _claim_all(jobs, dest, ledger, process_bound)
         temp_before = _group_keys(dest.temp.base) if dest.temp else set()
         specs = _create_metadata(source, jobs, dest, fmt)
+        if (session := dest.target.icechunk) is not None:
+            session.seal()  # what tasks in other processes start from: the metadata
         if dest.temp is not None:
             # zarr writes group metadata above a new array: in the temp store, it is ours.
             added = sorted(_group_keys(dest.temp.base) - temp_before)
@@ -246,7 +248,10 @@ def _claim_all(
     overwrite = overwrites(jobs, "target")
     for place in _targets(jobs, dest):
         fresh = not place.exists()
-        ledger.claim(place, "the target", process_bound)
+        # An Icechunk session needs no claim: the run writes into a fork of
+        # its own, and the session's commit detects a conflicting writer.
+        if place.icechunk is None:
+            ledger.claim(place, "the target", process_bound)
         if _holds_data(place):
             if not overwrite:
                 raise ValueError(
@@ -296,11 +301,10 @@ def _create_metadata(
     if source.is_group:
         _create_groups(source, dest.target, fmt)
     specs = tuple(_create_chain(job, dest, fmt) for job in jobs)
-    if source.is_group:
+    store = dest.target.open_store()
+    if source.is_group and store.supports_consolidated_metadata:  # Icechunk has no need
         with _quiet_about_claims():
-            zarr.consolidate_metadata(
-                dest.target.open_store(), path=dest.target.path, zarr_format=fmt
-            )
+            zarr.consolidate_metadata(store, path=dest.target.path, zarr_format=fmt)
     return specs
 
 

@@ -35,9 +35,11 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+
+from rechunker_core.sessions import SessionPlace
+from rechunker_core.zarr_internals import memory_store_identity, sync, unwrap_store
 
 __all__ = [
     "CLAIM_KEY",
@@ -161,19 +163,15 @@ class Elsewhere:
 _LIVE_STORES: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
 
 
-def _unwrap(store: Store) -> Store:
-    while isinstance(store, WrapperStore):
-        store = store._store
-    return store
-
-
-def _is_memory(store: str | Store | Elsewhere) -> bool:
+def _is_memory(store: str | Store | SessionPlace | Elsewhere) -> bool:
     """Whether data in ``store`` lives in one process's memory only."""
     if isinstance(store, Elsewhere):
         return True
+    if isinstance(store, SessionPlace):
+        return False
     if isinstance(store, str):
         return "://" in store and _split_url(store)[0] == "memory"
-    store = _unwrap(store)
+    store = unwrap_store(store)
     return isinstance(store, MemoryStore) or (
         isinstance(store, FsspecStore) and _fs_protocol(store) == "memory"
     )
@@ -188,10 +186,12 @@ def _restore(
     return StoreLocation(store, path, options, owner)
 
 
-def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
+def _store_identity(store: Store | Elsewhere | SessionPlace, path: str) -> Identity:
+    if isinstance(store, SessionPlace):
+        return Identity(f"icechunk:{store.token}", _key_parts(path))
     if isinstance(store, Elsewhere):
         return Identity(f"memory-store:elsewhere:{store}", _key_parts(path))
-    store = _unwrap(store)
+    store = unwrap_store(store)
     if isinstance(store, LocalStore):
         return Identity("file", _local_parts(os.path.join(str(store.root), path)))
     if isinstance(store, FsspecStore):
@@ -201,7 +201,7 @@ def _store_identity(store: Store | Elsewhere, path: str) -> Identity:
         return Identity(protocol, _key_parts(store.path, path))
     if isinstance(store, MemoryStore):
         # Two MemoryStore objects may share one dict: they are the same place.
-        return Identity(f"memory-store:{id(store._store_dict)}", _key_parts(path))
+        return Identity(f"memory-store:{memory_store_identity(store)}", _key_parts(path))
     return Identity(f"{type(store).__name__}:{id(store)}", _key_parts(path))
 
 
@@ -212,10 +212,11 @@ class StoreLocation:
 
     Attributes
     ----------
-    store : str, zarr.abc.store.Store or Elsewhere
+    store : str, zarr.abc.store.Store, SessionPlace or Elsewhere
         Local paths are absolute and free of symlinks once made by
-        :func:`resolve_location`. :class:`Elsewhere` is another process's
-        in-memory store.
+        :func:`resolve_location`. A :class:`~rechunker_core.sessions.SessionPlace`
+        is an Icechunk session written through forks. :class:`Elsewhere` is
+        another process's in-memory store.
     path : str
         ``""`` for the store root; ``/``-separated.
     storage_options : dict
@@ -225,7 +226,7 @@ class StoreLocation:
         made the location, unless given).
     """
 
-    store: str | Store | Elsewhere
+    store: str | Store | SessionPlace | Elsewhere
     path: str = ""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     owner: Process | None = field(default=None, compare=False)
@@ -240,7 +241,7 @@ class StoreLocation:
             # Pickle a token, not the store: unpickled elsewhere a MemoryStore
             # would be an empty copy whose writes are lost.
             token = f"{id(self.store)}"
-            if not isinstance(self.store, Elsewhere):
+            if isinstance(self.store, Store):
                 _LIVE_STORES[token] = self.store
             return (_restore, (token, str(self.store), self.path, options, self.owner))
         return (StoreLocation, (self.store, self.path, options, self.owner))
@@ -273,6 +274,11 @@ class StoreLocation:
         return Path(str(identity)) if identity.namespace == "file" else None
 
     @property
+    def icechunk(self) -> SessionPlace | None:
+        """The Icechunk session this location writes into, if it is one."""
+        return self.store if isinstance(self.store, SessionPlace) else None
+
+    @property
     def in_memory(self) -> bool:
         """Whether the data lives in one process's memory only."""
         return self.owner is not None
@@ -301,6 +307,8 @@ class StoreLocation:
         if isinstance(self.store, str):
             options = json.dumps(dict(self.storage_options), sort_keys=True, default=str)
             return ("url", self.store.rstrip("/"), self.path, options)
+        if isinstance(self.store, SessionPlace):
+            return (*self.store.cache_key(), self.path)
         # The cache holds the store while it holds this key, so ids stay unique.
         return ("object", str(id(self.store)), self.path)
 
@@ -321,6 +329,8 @@ class StoreLocation:
             raise ValueError(self._elsewhere_message())
         if isinstance(self.store, Elsewhere):  # unpickled after its store was gone
             raise ValueError(self._elsewhere_message())
+        if isinstance(self.store, SessionPlace):
+            return self.store.zarr_store(read_only)
         if not isinstance(self.store, str):
             return self.store
         if "://" not in self.store:
@@ -380,6 +390,9 @@ class StoreLocation:
                     entry.unlink()
             return
         store = self.open_store()
+        if self.icechunk is not None:  # holds no claim; deletes a node with its chunks
+            sync(store.delete_dir(self.path))
+            return
         for key in sync(_list(store, self.path)):
             if key != keep:
                 full = f"{self.path}/{key}" if self.path else key
@@ -688,6 +701,8 @@ def location_to_dict(location: StoreLocation) -> dict[str, Any]:
         For a store that is a Python object, or a relative local path: a
         saved plan is read from other processes and directories.
     """
+    if isinstance(location.store, SessionPlace):
+        return {"icechunk": location.store.to_dict(), "path": location.path}
     if not isinstance(location.store, str):
         raise ValueError(
             f"cannot save a reference to {location.describe()} as JSON: its store is a "
@@ -707,6 +722,8 @@ def location_to_dict(location: StoreLocation) -> dict[str, Any]:
 
 def location_from_dict(data: Mapping[str, Any]) -> StoreLocation:
     """Inverse of :func:`location_to_dict`."""
+    if "icechunk" in data:
+        return StoreLocation(SessionPlace.from_dict(data["icechunk"]), data["path"])
     owner = data.get("owner")
     return StoreLocation(
         data["store"],

@@ -15,6 +15,7 @@ import zarr
 
 from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.options import Options
+from rechunker_core.sessions import SessionPlace, is_icechunk_session
 
 __all__ = ["Destination", "TempPlace", "check_array_name", "resolve_destination"]
 
@@ -54,7 +55,8 @@ class Destination:
     target : StoreLocation
         The target array, or the root of the target group.
     is_group : bool
-        Whether the user gave the target as a ``zarr.Group`` (arrays go in it by name).
+        Whether the user gave the target as a ``zarr.Group`` or an Icechunk
+        session (arrays go in it by name).
     array_name : str
         The name of a lone source array inside a target group.
     temp : TempPlace, optional
@@ -126,9 +128,11 @@ def resolve_destination(
         For a store of an unsupported type.
     """
     name = check_array_name(array_name)
-    target = resolve_location(
-        target_store, options.target_storage, what="target_store", writable=True
-    )
+    if is_icechunk_session(temp_store):
+        raise ValueError(
+            "temp_store is an Icechunk session; intermediates are scratch space written "
+            "once and read once, so give an ordinary store (a path or URL), or none"
+        )
     temp = None
     if temp_store is not None:
         temp_is_group = isinstance(temp_store, zarr.Group)
@@ -140,4 +144,21 @@ def resolve_destination(
         base = resolve_location(temp_store, options.temp_storage, what="temp_store", writable=True)
         # A lone array's intermediates sit directly in the user's group, named after it.
         temp = TempPlace(base, name if temp_is_group and not source_is_group else "")
+    if is_icechunk_session(target_store):
+        return Destination(_session_target(target_store, temp), True, name, temp)
+    target = resolve_location(
+        target_store, options.target_storage, what="target_store", writable=True
+    )
     return Destination(target, isinstance(target_store, zarr.Group), name, temp)
+
+
+def _session_target(session: Any, temp: TempPlace | None) -> StoreLocation:
+    """An Icechunk session as the target; its workers' changes go beside the intermediates.
+
+    Intermediates stay out of the repository: they would be versioned data
+    no reader of the branch should see, written and deleted in one run.
+    """
+    if temp is None or not isinstance(temp.base.store, str):
+        return StoreLocation(SessionPlace(session))
+    root = temp.base.store.rstrip("/") + (f"/{temp.base.path}" if temp.base.path else "")
+    return StoreLocation(SessionPlace(session, root, temp.base.storage_options))

@@ -23,6 +23,9 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="rechunker-core-prefect-")
 atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.update(QUIET_SETTINGS)
+# Icechunk warns on every repository opened on a local file system that it is
+# unsafe for concurrent commits; the tests commit from one process at a time.
+os.environ.setdefault("ICECHUNK_LOG", "error")
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ import numpy.testing as npt
 import pytest
 import zarr
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from rechunker_core.blocks import Blocks
@@ -30,6 +29,7 @@ from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.geometry import Region
 from rechunker_core.spec import StagedCopySpec
 from rechunker_core.storage import ZarrRef
+from rechunker_core.zarr_internals import sync
 
 # --------------------------------------------------------------------------
 # Sample arrays and groups, and comparing stores
@@ -283,11 +283,31 @@ class Mode:
 
     ``make(request)`` returns the executor; it may use ``request.getfixturevalue``
     to reach session fixtures (a dask cluster, a Prefect harness).
+
+    ``cases`` limits a mode to some of the shared suite's cases: test names,
+    or ``name[zarr_format]`` for one format of a case run in both. ``None``
+    runs every case. A mode whose every run starts processes pays seconds
+    per case; it runs the cases that take the paths it alone adds (specs
+    pickled or saved as JSON, tasks of one round spread over processes, the
+    refusal of in-memory stores), while the engine's in-process mode, which
+    builds the same plan, runs them all.
     """
 
     name: str
     make: Callable[[pytest.FixtureRequest], Any]
     in_process: bool = True
+    cases: frozenset[str] | None = None
+
+    def runs(self, case: str, zarr_format: int | None = None) -> bool:
+        """Whether the shared suite runs ``case`` (in ``zarr_format``) in this mode.
+
+        >>> mode = Mode("m", print, cases=frozenset({"test_a", "test_b[3]"}))
+        >>> mode.runs("test_a", 2), mode.runs("test_b", 3), mode.runs("test_b", 2)
+        (True, True, False)
+        """
+        if self.cases is None:
+            return True
+        return case in self.cases or f"{case}[{zarr_format}]" in self.cases
 
 
 MODES: list[Mode] = [
@@ -337,15 +357,46 @@ def _parts(request: pytest.FixtureRequest) -> Any:
     return PartsExecutor(request.getfixturevalue("tmp_path") / "plan.json", parts=2)
 
 
+#: The suite's cases for process-based modes: several arrays, each of several
+#: stages (the barriers between rounds, finish in a worker), shards written by
+#: different processes, and the refusal of in-memory stores.
+_ACROSS_PROCESSES = frozenset(
+    {"test_nested_group[3]", "test_sharded_target", "test_refuses_in_memory_stores"}
+)
+
 MODES += [
     Mode("dask-sync", _dask(scheduler="sync")),
     Mode("dask-threads", _dask(scheduler="threads", num_workers=2)),
-    Mode("dask-processes", _dask(scheduler="processes", num_workers=2), in_process=False),
-    Mode("dask-distributed", _dask_distributed, in_process=False),
+    Mode(
+        "dask-processes",
+        _dask(scheduler="processes", num_workers=2),
+        in_process=False,
+        cases=_ACROSS_PROCESSES | {"test_multi_stage_deletes_intermediates[2]"},
+    ),
+    Mode(
+        "dask-distributed",
+        _dask_distributed,
+        in_process=False,
+        cases=_ACROSS_PROCESSES | {"test_keep_temp_keeps_intermediates"},
+    ),
     Mode("prefect", _prefect),
     # Beam runs unpickled copies of the plan even in one process, so a
     # MemoryStore's writes would be lost: it refuses them in every mode.
     Mode("beam-threads", _beam("multi_threading"), in_process=False),
-    Mode("beam-processes", _beam("multi_processing"), in_process=False),
-    Mode("parts", _parts, in_process=False),
+    # The same pipeline as beam-threads; only its workers are processes (and
+    # start in seconds: shards from several processes are dask's and parts').
+    Mode(
+        "beam-processes",
+        _beam("multi_processing"),
+        in_process=False,
+        cases=frozenset({"test_nested_group[3]", "test_refuses_in_memory_stores"}),
+    ),
+    # Every case runs from a JSON plan: each kind of spec (formats, groups,
+    # shards, kept intermediates) must survive the round trip.
+    Mode(
+        "parts",
+        _parts,
+        in_process=False,
+        cases=_ACROSS_PROCESSES | {"test_single_stage[2]", "test_keep_temp_keeps_intermediates"},
+    ),
 ]

@@ -16,7 +16,7 @@ import numpy.testing as npt
 import pytest
 import xarray as xr
 import zarr
-from zarr.core.buffer import Buffer
+from zarr.abc.buffer import Buffer
 from zarr.storage import LocalStore, WrapperStore
 
 from rechunker_core import rechunk

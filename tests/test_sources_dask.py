@@ -34,9 +34,10 @@ def computed(shape: tuple[int, ...] = SHAPE) -> da.Array:
 
 
 #: One or more modes of every executor: in this process, in other processes
-#: (the graph is pickled with the spec), and as a JSON plan. dask-distributed
-#: and beam-processes add only their start-up time to what these cover.
-EXECUTORS = [m for m in MODES if m.name not in ("dask-distributed", "beam-processes")]
+#: (the graph is pickled with the spec: the warm session cluster), and as a
+#: JSON plan. dask-processes and beam-processes would add only the start-up
+#: of their workers to what these cover.
+EXECUTORS = [m for m in MODES if m.name not in ("dask-processes", "beam-processes")]
 
 
 @pytest.mark.parametrize("mode", EXECUTORS, ids=lambda m: m.name)

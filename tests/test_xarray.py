@@ -105,9 +105,10 @@ def assert_round_trip(target_path: str, source: xr.Dataset) -> xr.Dataset:
     return target
 
 
-#: In-process, threads and other processes; test_sources_dask.py runs dask
+#: In-process, threads and other processes (the warm session cluster: a
+#: process pool would start its workers anew); test_sources_dask.py runs dask
 #: graphs (which is what a Dataset's variables become) on every mode.
-EXECUTORS = [m for m in MODES if m.name in ("python", "threads", "dask-processes")]
+EXECUTORS = [m for m in MODES if m.name in ("python", "threads", "dask-distributed")]
 
 
 @pytest.mark.parametrize("mode", EXECUTORS, ids=lambda m: m.name)

@@ -2,7 +2,9 @@
 
 In-process modes get MemoryStores; modes whose tasks run in other processes
 (``in_process=False``) get stores on disk, and must refuse in-memory stores.
-Every target is compared with its source element by element.
+Every target is compared with its source element by element. Modes that
+start processes for every run take the cases their ``Mode.cases`` names
+(tests/helpers.py); the others take every case, in both zarr formats.
 """
 
 from __future__ import annotations
@@ -37,10 +39,22 @@ MULTI_STAGE_MEM = 2500
 Places = Callable[[str], Any]
 
 
-@pytest.fixture(params=MODES, ids=[mode.name for mode in MODES])
-def mode(request: pytest.FixtureRequest) -> Mode:
-    param: Mode = request.param
-    return param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each case on the modes that run it (``Mode.cases``), in both formats if it asks.
+
+    A case taking ``zarr_format`` runs in each of :data:`FORMATS`; a mode may
+    run only some of them.
+    """
+    if "mode" not in metafunc.fixturenames:
+        return
+    case = metafunc.function.__name__
+    if "zarr_format" in metafunc.fixturenames:
+        pairs = [(m, f) for m in MODES for f in FORMATS if m.runs(case, f)]
+        ids = [f"{m.name}-{f}" for m, f in pairs]
+        metafunc.parametrize(("mode", "zarr_format"), pairs, ids=ids)
+    else:
+        modes = [m for m in MODES if m.runs(case)]
+        metafunc.parametrize("mode", modes, ids=[m.name for m in modes])
 
 
 @pytest.fixture
@@ -74,7 +88,6 @@ def source_array(
     )
 
 
-@pytest.mark.parametrize("zarr_format", FORMATS)
 def test_single_stage(
     executor: Any, place: Places, make_array: ArrayFactory, zarr_format: int
 ) -> None:
@@ -88,7 +101,6 @@ def test_single_stage(
     assert_same_array(target, source)
 
 
-@pytest.mark.parametrize("zarr_format", FORMATS)
 def test_multi_stage_deletes_intermediates(
     executor: Any, place: Places, make_array: ArrayFactory, zarr_format: int
 ) -> None:
@@ -163,7 +175,6 @@ def test_sharded_source(executor: Any, place: Places, make_array: ArrayFactory) 
     assert_same_array(target, source)
 
 
-@pytest.mark.parametrize("zarr_format", FORMATS)
 def test_nested_group(
     executor: Any, place: Places, make_group: GroupFactory, zarr_format: int
 ) -> None:

@@ -27,7 +27,7 @@ from itertools import zip_longest
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import REGIONS
+from rechunker_core.chunkio import FREED_MEMORY, REGIONS
 from rechunker_core.geometry import Region
 from rechunker_core.sessions import SessionPlace, batch_writes
 from rechunker_core.spec import CopySpec, StagedCopySpec
@@ -255,15 +255,16 @@ def run_local(
     is queued and is raised; the intermediates then stay for a rerun.
     """
     tracker = Tracker(specs, progress)
-    if workers <= 1:
-        for round_ in rounds(specs):
-            for batch in round_.tasks():
-                tracker.finished(run_batch(batch))
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="rechunk") as pool:
+    with FREED_MEMORY.kept():
+        if workers <= 1:
             for round_ in rounds(specs):
-                for copied in _bounded(pool, round_.tasks(), 2 * workers):
-                    tracker.finished(copied)
+                for batch in round_.tasks():
+                    tracker.finished(run_batch(batch))
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="rechunk") as pool:
+                for round_ in rounds(specs):
+                    for copied in _bounded(pool, round_.tasks(), 2 * workers):
+                        tracker.finished(copied)
     finish(specs)
 
 

@@ -280,3 +280,17 @@ def test_blocks_round_trip_and_padding() -> None:
     assert blocks.view((slice(3, 5), slice(2, 4))) is not None  # leading rows of it
     assert blocks.view((slice(3, 6), slice(2, 3))) is None  # a column: not contiguous
     assert blocks.view((slice(2, 4), slice(0, 2))) is None  # spans two blocks
+
+
+def test_freed_memory_is_kept_while_runs_last_and_given_back_after() -> None:
+    import sys
+
+    from rechunker_core.chunkio import FREED_MEMORY
+
+    if sys.platform.startswith("linux"):
+        assert FREED_MEMORY._libc is not None  # glibc: the thresholds can be set
+    with FREED_MEMORY.kept(), FREED_MEMORY.kept():  # runs at once, in any number
+        assert FREED_MEMORY._runs == 2
+        blocks = [np.ones(2**20) for _ in range(8)]  # 8 MB blocks: heap, not mmap
+        del blocks
+    assert FREED_MEMORY._runs == 0

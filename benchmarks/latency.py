@@ -46,12 +46,29 @@ class LatencyStore(WrapperStore[Store]):
 
     delay: ClassVar[float] = DELAY
     counts: ClassVar[Counter[str]] = Counter()
+    #: Requests waiting now, and the most that ever waited at once: unlike the
+    #: effective concurrency, this does not depend on the two walls' noise.
+    in_flight: ClassVar[int] = 0
+    max_in_flight: ClassVar[int] = 0
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
+    @classmethod
+    def reset(cls) -> None:
+        with cls._lock:
+            cls.counts.clear()
+            cls.in_flight = cls.max_in_flight = 0
+
     async def _request(self, kind: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[kind] += n
-        await asyncio.sleep(self.delay)
+        cls = type(self)
+        with cls._lock:
+            cls.counts[kind] += n
+            cls.in_flight += n
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            with cls._lock:
+                cls.in_flight -= n
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
@@ -122,7 +139,7 @@ def run_latency(job: Job, work_dir: Path) -> Outcome:
         return LatencyStore(plain) if delayed else plain
 
     source = zarr.open_array(store=store(path, read_only=True), mode="r")
-    LatencyStore.counts.clear()
+    LatencyStore.reset()
     outcome = Outcome(setup_s=time.perf_counter() - start)
     with measured(outcome.usage):
         rechunk(
@@ -136,6 +153,7 @@ def run_latency(job: Job, work_dir: Path) -> Outcome:
         ).execute()
     counts = dict(LatencyStore.counts)
     outcome.extra = {"requests": sum(counts.values()), "request_counts": counts}
+    outcome.extra["max_in_flight"] = LatencyStore.max_in_flight
     outcome.extra["delay_s"] = DELAY if delayed else 0.0
     target = zarr.open_array(str(work_dir / "target.zarr"), mode="r")
     outcome.checked(local, target)

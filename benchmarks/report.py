@@ -86,6 +86,7 @@ def latency_row(row: dict[str, Any], plain: list[Outcome], delayed: list[Outcome
     row["wall_plain_s"] = _median(walls_plain)
     row["walls_plain"] = walls_plain
     row["requests"] = _extra(delayed, "requests")
+    row["max_in_flight"] = _extra(delayed, "max_in_flight")
     delay = _extra(delayed, "delay_s")
     added = None if row["wall_plain_s"] is None else (row["wall_s"] or 0) - row["wall_plain_s"]
     ok = row["requests"] and delay and added and added > 0
@@ -164,6 +165,7 @@ def w1_table(rows: list[dict[str, Any]]) -> str:
 
 def latency_table(rows: list[dict[str, Any]]) -> str:
     header = ["codec", "case", "requests", "wall plain s", "wall +20 ms s", "concurrency"]
+    header += ["max in flight"]
     header += ["CPU util", "peak RSS MiB", "RSS bound", "check"]
     body = [
         [
@@ -173,6 +175,7 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
             _cell(r["wall_plain_s"]),
             _cell(r["wall_s"]),
             _cell(r["concurrency"], 1),
+            _cell(r["max_in_flight"], 0),
             _cell(r["cpu_util"]),
             _cell(r["peak_rss_mib"], 0),
             _cell(r["within_bound"]),

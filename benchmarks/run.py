@@ -71,21 +71,54 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from None
 
 
+def positive(text: str) -> int:
+    """A positive integer option value."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def shape3(text: str) -> tuple[int, ...]:
+    """A 3-D shape ``T,Y,X`` of positive sizes."""
+    shape = ints(text)
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape T,Y,X of positive sizes")
+    return shape
+
+
+def chunks3(text: str) -> tuple[int, ...]:
+    """3-D chunk sizes, each positive or -1 (the whole dimension)."""
+    chunks = ints(text)
+    if len(chunks) != 3 or any(c < 1 and c != -1 for c in chunks):
+        raise argparse.ArgumentTypeError(f"{text!r} is not chunks T,Y,X (positive sizes or -1)")
+    return chunks
+
+
+def size(text: str) -> int:
+    """A memory size such as ``256MB``."""
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--only", help="comma-separated case names (copy is added as the reference)")
     p.add_argument("--workload", choices=WORKLOADS, default="W1", help="W1 is both codecs")
-    p.add_argument("--repeat", type=int, default=3, help="repetitions (medians are reported)")
-    p.add_argument("--shape", type=ints, default=W1_SHAPE, help="W1 shape T,Y,X")
-    p.add_argument("--source-chunks", type=ints, default=W1_SOURCE_CHUNKS, help="-1: whole")
-    p.add_argument("--target-chunks", type=ints, default=W1_TARGET_CHUNKS, help="-1: whole")
-    p.add_argument("--max-mem", type=parse_size, default=parse_size("256MB"))
-    p.add_argument("--workers", type=int, default=2, help="threads or processes of every engine")
-    p.add_argument("--latency-shape", type=ints, default=LATENCY_SHAPE)
-    p.add_argument("--s3-shape", type=ints, default=S3_SHAPE)
-    p.add_argument("--scale-arrays", type=int, default=10, help="arrays in the scale group")
-    p.add_argument("--scale-shape", type=ints, default=SCALE_SHAPE)
+    p.add_argument("--repeat", type=positive, default=3, help="repetitions (medians are reported)")
+    p.add_argument("--shape", type=shape3, default=W1_SHAPE, help="W1 shape T,Y,X")
+    p.add_argument("--source-chunks", type=chunks3, default=W1_SOURCE_CHUNKS, help="-1: whole")
+    p.add_argument("--target-chunks", type=chunks3, default=W1_TARGET_CHUNKS, help="-1: whole")
+    p.add_argument("--max-mem", type=size, default=parse_size("256MB"))
+    p.add_argument(
+        "--workers", type=positive, default=2, help="threads or processes of every engine"
+    )
+    p.add_argument("--latency-shape", type=shape3, default=LATENCY_SHAPE)
+    p.add_argument("--s3-shape", type=shape3, default=S3_SHAPE)
+    p.add_argument("--scale-arrays", type=positive, default=10, help="arrays in the scale group")
+    p.add_argument("--scale-shape", type=shape3, default=SCALE_SHAPE)
     p.add_argument(
         "--scale-run-arrays", type=int, default=1, help="arrays whose plan is run (0: none)"
     )
@@ -93,7 +126,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="results file (default DATA_DIR/results.json)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     p.add_argument("--no-reference", action="store_true", help="do not add the copy case")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.scale_run_arrays <= args.scale_arrays:
+        p.error(f"--scale-run-arrays {args.scale_run_arrays}: give 0 to {args.scale_arrays}")
+    return args
 
 
 def select_cases(args: argparse.Namespace) -> list[CaseInfo]:
@@ -170,6 +206,12 @@ def resolve(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n if c == -1 else min(c, n) for c, n in zip(chunks, shape))
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and every process it started (its session's process group)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def run_worker(job: Job, timeout: float) -> dict[str, Any]:
     """Run ``job`` in a fresh worker process; its outcome, or an ERROR if it died."""
     with tempfile.TemporaryDirectory(prefix="rechunk-bench-") as tmp:
@@ -180,9 +222,11 @@ def run_worker(job: Job, timeout: float) -> dict[str, Any]:
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            stop(process)
             return {"status": "ERROR", "notes": [f"timed out after {timeout:.0f} s"]}
+        except BaseException:  # Ctrl-C: the worker's session gets no SIGINT of its own
+            stop(process)
+            raise
         if result.exists():
             outcome: dict[str, Any] = json.loads(result.read_text())
             return outcome
@@ -241,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_worker(job, args.timeout)
         outcomes.setdefault((job.case, job.codec), []).append((job.variant, outcome))
         print(progress_line(job, outcome), flush=True)
+        if outcome["status"] in ("FAIL", "ERROR"):
+            print(f"    rerun: {sys.executable} {WORKER} --job '{job.to_json()}' --result out.json")
     print(f"\n{len(outcomes)} case/codec pairs in {time.perf_counter() - start:.0f} s\n")
     bound = rss_bound(args.max_mem, args.workers)
     rows = [summarize(CASES_BY_NAME[c], codec, o, bound) for (c, codec), o in outcomes.items()]

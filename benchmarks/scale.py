@@ -118,4 +118,6 @@ def run_scale(job: Job, work_dir: Path) -> Outcome:
         rechunked = plan(group, work_dir, "few")
     if job.scale_run_arrays > 0:
         run_plan(rechunked, group, job.workers, outcome)
+    else:
+        outcome.notes.append("the plan was not run (--scale-run-arrays 0): nothing checked")
     return outcome

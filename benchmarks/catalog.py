@@ -125,13 +125,13 @@ class Job:
 
     case: str
     codec: str
-    rep: int
     data_dir: str
     shape: tuple[int, ...]
     source_chunks: tuple[int, ...]
     target_chunks: tuple[int, ...]
     max_mem: int
     workers: int
+    rep: int = 0
     variant: str = ""
     scale_arrays: int = 10
     scale_run_arrays: int = 1
@@ -162,6 +162,15 @@ def parse_size(text: str) -> int:
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"{text!r} is not a size: give e.g. 256MB, 1.5GB or 64MiB")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def resolve_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk sizes with ``-1`` as the whole dimension and sizes clipped to it.
+
+    >>> resolve_chunks((24, -1, -1), (8760, 180, 360))
+    (24, 180, 360)
+    """
+    return tuple(n if c == -1 else min(c, n) for c, n in zip(chunks, shape))
 
 
 def rss_bound(max_mem: int, workers: int) -> float:

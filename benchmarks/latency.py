@@ -26,11 +26,11 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
-from catalog import Job
+from catalog import Job, resolve_chunks
 from measure import Outcome, measured, warm_page_cache
 from rechunker_core import rechunk
 from w1 import need, warm_dask
-from workloads import open_source, resolve_chunks, same_encoding, source_path
+from workloads import open_source, same_encoding, source_path
 
 #: The added latency of the ``delayed`` variant, in seconds.
 DELAY = 0.020

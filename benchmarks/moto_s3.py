@@ -18,11 +18,11 @@ from typing import Any
 import psutil
 import zarr
 
-from catalog import Job
+from catalog import Job, resolve_chunks
 from measure import Outcome, measured
 from rechunker_core import rechunk
 from w1 import need
-from workloads import create_like, open_source, resolve_chunks, same_encoding
+from workloads import create_like, open_source, same_encoding
 
 BUCKET = "bench"
 

@@ -44,6 +44,7 @@ from catalog import (
     CaseInfo,
     Job,
     parse_size,
+    resolve_chunks,
     rss_bound,
 )
 from report import add_ratios, goal_lines, summarize, tables
@@ -151,59 +152,46 @@ def shape_of(case: CaseInfo, args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(shapes.get(case.kind, args.shape))
 
 
-def make_job(case: CaseInfo, codec: str, rep: int, variant: str, args: argparse.Namespace) -> Job:
+def make_job(
+    name: str, shape: tuple[int, ...], codec: str, args: argparse.Namespace, **more: Any
+) -> Job:
     return Job(
-        case=case.name,
+        case=name,
         codec=codec,
-        rep=rep,
         data_dir=str(args.data_dir),
-        shape=shape_of(case, args),
+        shape=shape,
         source_chunks=args.source_chunks,
         target_chunks=args.target_chunks,
         max_mem=args.max_mem,
         workers=args.workers,
-        variant=variant,
         scale_arrays=args.scale_arrays,
         scale_run_arrays=args.scale_run_arrays,
+        **more,
     )
 
 
 def schedule(cases: list[CaseInfo], args: argparse.Namespace) -> list[Job]:
     """Every job, interleaved: all cases of repetition 1, then all of repetition 2, ...
 
-    A case with a fixed codec (scale) runs once per repetition.
+    A case with a fixed codec (scale) runs once per repetition, with the first codec.
     """
     codecs = WORKLOADS[args.workload]
     return [
-        make_job(case, case.codec or codec, rep, variant, args)
+        make_job(case.name, shape_of(case, args), case.codec or codec, args, rep=rep, variant=v)
         for rep in range(1, args.repeat + 1)
         for i, codec in enumerate(codecs)
         for case in cases
         if not (case.codec and i)
-        for variant in case.variants
+        for v in case.variants
     ]
 
 
 def prepare_job(cases: list[CaseInfo], args: argparse.Namespace) -> Job:
     """The job that generates every missing source the cases read (scale reads none)."""
-    sources = {
-        (shape_of(case, args), args.source_chunks): WORKLOADS[args.workload]
-        for case in cases
-        if case.kind != "scale"
-    }
-    job = make_job(CASES[0], "", 0, "", args)
-    job.case = "prepare"
-    job.extra = {
-        "sources": [
-            [shape, resolve(chunks, shape), list(codecs)]
-            for (shape, chunks), codecs in sources.items()
-        ]
-    }
-    return job
-
-
-def resolve(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(n if c == -1 else min(c, n) for c, n in zip(chunks, shape))
+    shapes = dict.fromkeys(shape_of(case, args) for case in cases if case.kind != "scale")
+    codecs = list(WORKLOADS[args.workload])
+    sources = [[shape, resolve_chunks(args.source_chunks, shape), codecs] for shape in shapes]
+    return make_job("prepare", args.shape, "", args, extra={"sources": sources})
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from catalog import Job
+from catalog import Job, resolve_chunks
 from rechunker_core import rechunk
 from rechunker_core.executors.prefect import QUIET_SETTINGS  # does not import prefect
-from workloads import create_like, dimension_names, resolve_chunks, same_encoding
+from workloads import create_like, dimension_names, same_encoding
 
 
 class Skip(Exception):

@@ -23,13 +23,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from catalog import CASES_BY_NAME, Job
+from catalog import CASES_BY_NAME, Job, resolve_chunks
 from latency import run_latency
 from measure import Outcome, measured, warm_page_cache
 from moto_s3 import run_s3
 from scale import run_scale
 from w1 import W1_CASES, Context, Skip
-from workloads import ensure_sources, open_source, resolve_chunks, source_path, warm_up_codec
+from workloads import ensure_sources, open_source, source_path, warm_up_codec
 
 
 def run_w1(job: Job, work_dir: Path) -> Outcome:

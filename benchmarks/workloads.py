@@ -32,15 +32,6 @@ def compressors(codec: str) -> Any:
     raise ValueError(f"unknown codec variant {codec!r}; known: {', '.join(CODECS)}")
 
 
-def resolve_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunk sizes with ``-1`` as the whole dimension and sizes clipped to it.
-
-    >>> resolve_chunks((24, -1, -1), (8760, 180, 360))
-    (24, 180, 360)
-    """
-    return tuple(n if c == -1 else min(c, n) for c, n in zip(chunks, shape))
-
-
 def source_path(
     data_dir: Path, shape: tuple[int, ...], chunks: tuple[int, ...], codec: str
 ) -> Path:

@@ -22,7 +22,6 @@ chunks along every dimension they do not span (see :mod:`rechunker_core.spec`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import os
@@ -30,9 +29,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from itertools import product
+from itertools import islice, product
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -47,7 +48,7 @@ from zarr.storage import LocalStore
 from rechunker_core.algorithm import MemoryModel
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
-from rechunker_core.zarr_internals import sync
+from rechunker_core.zarr_internals import submit, sync
 
 __all__ = [
     "CONCURRENCY",
@@ -372,7 +373,13 @@ class _LocalChunks:
 
 
 class _StoreChunks:
-    """Chunks of any other zarr store, through its async API, many requests at once."""
+    """Chunks of any other zarr store, through its async API.
+
+    Up to ``concurrency`` requests are in flight at once, in a sliding window:
+    while the task decodes one chunk (or encodes the next), the following
+    requests are already on their way, so a store's latency overlaps with
+    itself and with the task's work.
+    """
 
     def __init__(self, store: Store, path: str, concurrency: int) -> None:
         self.store = store
@@ -380,40 +387,51 @@ class _StoreChunks:
         self.concurrency = concurrency
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
-        """``(index, bytes or None)`` for each key, fetched :data:`CONCURRENCY` at a time."""
+        """``(index, bytes or None)`` for each key, in order."""
         prototype = default_buffer_prototype()
+        pending = iter(enumerate(keys))
+        window: deque[tuple[int, Future[Any]]] = deque()
 
-        async def fetch(group: Sequence[str]) -> list[Any]:
-            gets = (self.store.get(self.prefix + key, prototype) for key in group)
-            return list(await asyncio.gather(*gets))
+        def top_up() -> None:
+            for i, key in islice(pending, self.concurrency - len(window)):
+                window.append((i, submit(self.store.get(self.prefix + key, prototype))))
 
-        for start in range(0, len(keys), self.concurrency):
-            group = keys[start : start + self.concurrency]
-            for offset, buffer in enumerate(sync(fetch(group))):
-                yield start + offset, None if buffer is None else buffer.as_numpy_array()
+        top_up()
+        try:
+            while window:
+                i, request = window.popleft()
+                buffer = request.result()
+                top_up()
+                yield i, None if buffer is None else buffer.as_numpy_array()
+        finally:
+            _settle(request for _, request in window)
 
     def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
-        """Store each ``(key, bytes-like)``, :data:`CONCURRENCY` at a time."""
+        """Store each ``(key, bytes-like)``; items are pulled only when there is room."""
         prototype = default_buffer_prototype()
-
-        async def put(group: list[tuple[str, bytes]]) -> None:
-            sets = (
-                self.store.set(self.prefix + k, prototype.buffer.from_bytes(d)) for k, d in group
-            )
-            await asyncio.gather(*sets)
-
-        group: list[tuple[str, bytes]] = []
-        for key, data in items:
-            group.append((key, bytes(data)))  # a copy: the chunk buffer is reused next
-            if len(group) >= self.concurrency:
-                sync(put(group))
-                group = []
-        if group:
-            sync(put(group))
+        window: deque[Future[Any]] = deque()
+        try:
+            for key, data in items:
+                # A copy: the chunk's buffer may be reused for the next one.
+                payload = prototype.buffer.from_bytes(bytes(data))
+                window.append(submit(self.store.set(self.prefix + key, payload)))
+                if len(window) >= self.concurrency:
+                    window.popleft().result()
+            while window:
+                window.popleft().result()
+        finally:
+            _settle(window)
 
     def exists(self, key: str) -> bool:
         """Whether chunk ``key`` is stored."""
         return bool(sync(self.store.exists(self.prefix + key)))
+
+
+def _settle(requests: Iterable[Future[Any]]) -> None:
+    """After a failure: wait for requests still in flight, so none lands later."""
+    for request in list(requests):
+        with contextlib.suppress(BaseException):
+            request.result()
 
 
 def _chunks_of(store: Store, path: str) -> _LocalChunks | _StoreChunks:

@@ -1,7 +1,8 @@
 """Every use of zarr beyond its public API, in one place.
 
 zarr-python 3 keeps a few things we need out of its public API: the call that
-runs a store coroutine on zarr's own event loop, and the store a
+runs a store coroutine on zarr's own event loop (and that loop itself, to
+start requests without waiting for them), and the store a
 ``WrapperStore`` wraps. Their private names held from zarr 3.1 to 3.4 (the
 range ``make test`` runs); should a release move them, this module is the
 only one to change. Everything else in the package uses zarr's public API
@@ -10,14 +11,17 @@ only one to change. Everything else in the package uses zarr's public API
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from zarr.abc.store import Store
+from zarr.core.sync import _get_loop
 from zarr.core.sync import sync as _zarr_sync
 from zarr.storage import MemoryStore, WrapperStore
 
-__all__ = ["memory_store_identity", "sync", "unwrap_store"]
+__all__ = ["memory_store_identity", "submit", "sync", "unwrap_store"]
 
 T = TypeVar("T")
 
@@ -29,6 +33,15 @@ def sync(coroutine: Coroutine[Any, Any, T]) -> T:
     so ``asyncio.run`` in a fresh loop is no substitute.
     """
     return _zarr_sync(coroutine)
+
+
+def submit(coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start a store coroutine on zarr's event loop and return at once.
+
+    The caller keeps several requests in flight and waits for each when it
+    needs its result, so a task overlaps its requests with its own work.
+    """
+    return asyncio.run_coroutine_threadsafe(coroutine, _get_loop())
 
 
 def unwrap_store(store: Store) -> Store:

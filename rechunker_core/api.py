@@ -105,9 +105,12 @@ class Rechunked:
         store = root.open_store()
         # A committed Icechunk session is read-only.
         mode: Literal["r", "r+"] = "r" if store.read_only else "r+"
+        fmt = self.spec[0].target.zarr_format
         if self._source.is_group:
-            return zarr.open_group(store=store, path=root.path, mode=mode)
-        return zarr.open_array(store=store, path=self._jobs[0].target.path, mode=mode)
+            return zarr.open_group(store=store, path=root.path, mode=mode, zarr_format=fmt)
+        return zarr.open_array(
+            store=store, path=self._jobs[0].target.path, mode=mode, zarr_format=fmt
+        )
 
     @property
     def peak_task_memory(self) -> int:

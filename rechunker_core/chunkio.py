@@ -564,7 +564,10 @@ class ChunkIO:
             yield self._key(coords), self.codec.encode(block)
 
     def any_stored(self, region: Region) -> bool:
-        """Whether any chunk ``region`` touches is stored (else it reads as the fill value)."""
+        """Whether any chunk ``region`` touches may be stored (else it reads as the fill
+        value). Only local chunks are looked for: elsewhere each look is a request."""
+        if not isinstance(self._store, _LocalChunks):
+            return True
         pieces = _pieces(region, self.chunks, self.shape)
         return any(self._store.exists(self._key(p.coords)) for p in pieces)
 

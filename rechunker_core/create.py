@@ -15,6 +15,7 @@ The safety rules live here, in the order they apply:
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -176,9 +177,16 @@ _GROUP_KEYS = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 
 
 def _group_keys(location: StoreLocation) -> set[str]:
-    """Which group metadata keys exist at ``location``."""
+    """Which group metadata keys exist at ``location`` (asked all at once: on an
+    object store each is a request)."""
     store = location.open_store(read_only=True)
-    return {key for key in _GROUP_KEYS if sync(store.exists(location.child(key).path))}
+
+    async def ask() -> list[bool]:
+        return list(
+            await asyncio.gather(*(store.exists(location.child(k).path) for k in _GROUP_KEYS))
+        )
+
+    return {key for key, found in zip(_GROUP_KEYS, sync(ask())) if found}
 
 
 def _missing_dirs(location: StoreLocation) -> list[StoreLocation]:

@@ -50,6 +50,7 @@ class ZarrRef:
     dtype: np.dtype[Any]
     chunks: tuple[int, ...]
     read_chunks: tuple[int, ...]
+    zarr_format: Literal[2, 3] = 3
 
     @classmethod
     def from_array(cls, array: zarr.Array[Any], location: StoreLocation) -> ZarrRef:
@@ -60,6 +61,7 @@ class ZarrRef:
             dtype=np.dtype(array.dtype),
             chunks=tuple(array.shards or array.chunks),
             read_chunks=tuple(array.chunks),
+            zarr_format=2 if array.metadata.zarr_format == 2 else 3,
         )
 
     def open(self, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
@@ -116,12 +118,12 @@ class ZarrRef:
         _write_with_zarr(opened.array, region, data, self.chunks)
 
     def _opened(self, mode: Literal["r", "r+"]) -> _Open:
-        opened = _open(self.location, mode)
+        opened = _open(self.location, mode, self.zarr_format)
         array = opened.array
         if (tuple(array.shape), tuple(array.shards or array.chunks)) != (self.shape, self.chunks):
             # Replaced since this process opened it (overwrite=True): the copy is stale.
             clear_cache(self.location)
-            opened = _open(self.location, mode)
+            opened = _open(self.location, mode, self.zarr_format)
         return opened
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class ZarrRef:
             "dtype": self.dtype.str,
             "chunks": list(self.chunks),
             "read_chunks": list(self.read_chunks),
+            "zarr_format": self.zarr_format,
         }
 
     @classmethod
@@ -143,6 +146,7 @@ class ZarrRef:
             dtype=np.dtype(data["dtype"]),
             chunks=tuple(data["chunks"]),
             read_chunks=tuple(data["read_chunks"]),
+            zarr_format=2 if data.get("zarr_format") == 2 else 3,
         )
 
 
@@ -196,21 +200,32 @@ class _Open:
 
 _cache: OrderedDict[tuple[Any, ...], _Open] = OrderedDict()
 _cache_lock = threading.Lock()
+_opening: dict[tuple[Any, ...], threading.Lock] = {}
 
 
-def _open(location: StoreLocation, mode: Literal["r", "r+"]) -> _Open:
+def _open(
+    location: StoreLocation, mode: Literal["r", "r+"], zarr_format: Literal[2, 3] | None
+) -> _Open:
     key = (*location.key, mode)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    store = location.open_store(read_only=mode == "r")
-    array = zarr.open_array(store=store, path=location.path, mode=mode)
-    opened = _Open(array, chunk_io(array, store, location.path))
-    with _cache_lock:
-        _cache[key] = opened
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+        opening = _opening.setdefault(key, threading.Lock())
+    with opening:  # threads that need the same array wait for one to open it
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        store = location.open_store(read_only=mode == "r")
+        # Knowing the format spares zarr looking for the other format's metadata: on
+        # an object store, requests fewer each time a process opens an array.
+        array = zarr.open_array(store=store, path=location.path, mode=mode, zarr_format=zarr_format)
+        opened = _Open(array, chunk_io(array, store, location.path))
+        with _cache_lock:
+            _cache[key] = opened
+            _opening.pop(key, None)
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
     return opened
 
 
@@ -220,7 +235,7 @@ def open_array(location: StoreLocation, mode: Literal["r", "r+"] = "r") -> zarr.
     Keeps at most :data:`CACHE_SIZE` arrays, dropping the least recently used,
     so a long-lived worker never holds an unbounded number open.
     """
-    return _open(location, mode).array
+    return _open(location, mode, None).array
 
 
 def clear_cache(location: StoreLocation | None = None) -> None:

@@ -323,9 +323,9 @@ class Layout:
 
     def summary(self) -> str:
         """Return a table of the stages, one line each."""
+        # No seconds: the cost model ranks plans, its seconds are not a forecast.
         lines = [
-            f"{len(self.stages)} stage(s), peak task memory "
-            f"{format_bytes(self.peak_task_memory)}, estimated {self.seconds:.1f} s of work"
+            f"{len(self.stages)} stage(s), peak task memory {format_bytes(self.peak_task_memory)}"
         ]
         for i, s in enumerate(self.stages):
             lines.append(

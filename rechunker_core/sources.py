@@ -12,7 +12,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,9 @@ class SourceArray:
         (``fill_value``, ``zarr_format``, ...); user options override them.
     memory : MemoryModel
         What reading this array costs in memory.
+    label : str
+        What views call a lone array (``name`` is ``""``): the last part of
+        its path (``air`` for ``data.zarr/air``), a DataArray's name.
     """
 
     name: str
@@ -110,11 +113,17 @@ class SourceArray:
     attributes: dict[str, Any]
     create_options: dict[str, Any]
     memory: MemoryModel = field(default_factory=MemoryModel)
+    label: str = ""
 
     @property
     def what(self) -> str:
         """The array as messages name it."""
         return f"array {self.name!r}" if self.name else "the source array"
+
+    @property
+    def title(self) -> str:
+        """The array as views name it: its name, its label, or ``array``."""
+        return self.name or self.label or "array"
 
 
 @dataclass(frozen=True)
@@ -204,7 +213,9 @@ def _zarr_array(array: zarr.Array[Any], name: str, location: StoreLocation) -> S
 
 def _from_zarr_array(source: Any) -> Source:
     location = resolve_location(source.store).child(source.path)
-    return Source("zarr array", (_zarr_array(source, "", location),), {}, location)
+    array = _zarr_array(source, "", location)
+    label = "" if location.in_memory else location.describe().rstrip("/").rsplit("/", 1)[-1]
+    return Source("zarr array", (replace(array, label=label),), {}, location)
 
 
 def _from_zarr_group(source: Any) -> Source:

@@ -110,7 +110,14 @@ BAD_ARGS = [
     (["--target-chunks", "1,36", "--max-mem", "100"], "too small"),
     (["--target-chunks", "1,36", "--max-mem", "500"], "pass --temp"),
     (["--target-chunks", "1,36", "--max-mem", "1MB", "--executor", "nope"], "unknown executor"),
-    (["--target-chunks", "1,36"], "required: --max-mem"),
+    (["--max-mem", "1MB"], "required: --target-chunks"),
+    (["--target-chunks", "1,36", "--target-option", "compressor=zstd"], "did you mean"),
+    (["--target-chunks", "1,36", "--target-option", "compressors=brotli"], "known compressor"),
+    (["--target-chunks", "1,36", "--target-option", "zarr_format"], "is not KEY=VALUE"),
+    (["--target-chunks", "1,36", "--workers", "0"], "not a positive integer"),
+    (["--target-chunks", "1,36", "--executor", "python", "--workers", "2"], "--workers"),
+    (["--target-chunks", "1,36", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler is for"),
+    (["--target-chunks", "a:1,36", "--target-chunks", "1,36"], "name the array in each"),
 ]
 
 

@@ -77,11 +77,11 @@ def _requests(source: Source, target_chunks: Any) -> dict[str, Any]:
             return {name: target_chunks.get(name) for name in names}
         return dict(target_chunks)
     if all(k in dims for k in target_chunks):
-        # xarray style: every array takes the sizes of the dimensions it has.
+        # xarray style: every array takes the sizes of the dimensions it has,
+        # except index coordinates (1-D, named after their dimension), which
+        # xarray keeps whole.
         return {
-            a.name: {d: s for d, s in target_chunks.items() if d in a.dimension_names}
-            if a.dimension_names
-            else None
+            a.name: _by_dimension(a, target_chunks) if a.dimension_names else None
             for a in source.arrays
         }
     unknown = [k for k in target_chunks if k not in names and k not in dims]
@@ -89,6 +89,21 @@ def _requests(source: Source, target_chunks: Any) -> dict[str, Any]:
         f"target_chunks names {unknown}, which are neither arrays of the {source.kind} "
         f"({names}) nor dimensions ({sorted(dims)})"
     )
+
+
+def _by_dimension(array: SourceArray, target_chunks: Mapping[str, Any]) -> dict[str, Any]:
+    """An array's share of an xarray-style ``{dim: size}`` request.
+
+    >>> from types import SimpleNamespace as NS
+    >>> _by_dimension(NS(name="air", dimension_names=("time", "lon")), {"lon": 10})
+    {'lon': 10}
+    >>> _by_dimension(NS(name="lon", dimension_names=("lon",)), {"lon": 10})
+    {'lon': -1}
+    """
+    dims = array.dimension_names or ()
+    if dims == (array.name.rsplit("/", 1)[-1],) and dims[0] in target_chunks:
+        return {dims[0]: -1}
+    return {d: s for d, s in target_chunks.items() if d in dims}
 
 
 def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceArray) -> Any:

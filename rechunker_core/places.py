@@ -121,11 +121,17 @@ def resolve_destination(
     Raises
     ------
     ValueError
-        For a bad ``array_name``, or a temp group without one for a lone array.
+        For a bad ``array_name``, one given with a group source (rechunker
+        refuses it too), or a temp group without one for a lone array.
     TypeError
         For a store of an unsupported type.
     """
     name = check_array_name(array_name)
+    if name and source_is_group:
+        raise ValueError(
+            f"array_name={array_name!r} names a lone array inside a target group, but the "
+            "source is a group of arrays, which keep their own names; leave array_name out"
+        )
     target = resolve_location(
         target_store, options.target_storage, what="target_store", writable=True
     )

@@ -36,8 +36,18 @@ __all__ = [
     "DaskRef",
     "Source",
     "SourceArray",
+    "UnsupportedSourceError",
     "open_source",
 ]
+
+
+class UnsupportedSourceError(TypeError, ValueError):
+    """A source of a type no adapter accepts.
+
+    Both a ``TypeError`` (what it is) and a ``ValueError`` (what rechunker
+    raised), so code migrating from rechunker catches it either way.
+    """
+
 
 #: xarray/CF encoding keys that target_options and temp_options accept for
 #: xarray sources: they decide how values are stored, so they shape the data
@@ -434,6 +444,16 @@ def _from_xarray(source: xarray.Dataset) -> Source:
     return _encode_dataset(source, {}, 3)
 
 
+def _from_data_array(source: xarray.DataArray) -> Source:
+    """A DataArray is rechunked as the one-variable Dataset named after it."""
+    if source.name is None:
+        raise ValueError(
+            "the xarray.DataArray has no name, and its variable in the target group is "
+            "named after it; name it first: data_array.rename('air')"
+        )
+    return _from_xarray(source.to_dataset())
+
+
 def _instance_of(obj: Any, module: str, name: str) -> bool:
     """``isinstance(obj, module.name)``, without importing ``module``.
 
@@ -451,6 +471,7 @@ ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any], Source]]] = [
     (lambda s: isinstance(s, zarr.Group), _from_zarr_group),
     (lambda s: _instance_of(s, "dask.array", "Array"), _from_dask),
     (lambda s: _instance_of(s, "xarray", "Dataset"), _from_xarray),
+    (lambda s: _instance_of(s, "xarray", "DataArray"), _from_data_array),
     (lambda s: isinstance(s, str | Path | Store), _from_store),
 ]
 
@@ -460,14 +481,15 @@ def open_source(source: Any) -> Source:
 
     Raises
     ------
-    TypeError
-        If no adapter accepts it; the message lists what is accepted.
+    UnsupportedSourceError
+        If no adapter accepts it (a ``TypeError`` and a ``ValueError``); the
+        message lists what is accepted.
     """
     for accepts, adapter in ADAPTERS:
         if accepts(source):
             return adapter(source)
-    raise TypeError(
+    raise UnsupportedSourceError(
         f"unsupported source of type {type(source).__module__}.{type(source).__qualname__}: "
-        "rechunk accepts a zarr.Array, a zarr.Group, a dask.array.Array, an xarray.Dataset, "
-        "or the path, URL or zarr Store of a zarr array or group"
+        "rechunk accepts a zarr.Array, a zarr.Group, a dask.array.Array, an xarray.Dataset "
+        "or DataArray, or the path, URL or zarr Store of a zarr array or group"
     )

@@ -117,6 +117,7 @@ def rechunking_plan(
         max_stages=MAX_STAGES,
     )
 
+
 #: Most stages :func:`plan_layout` considers. Each stage reads and writes the
 #: whole array once, so a plan past three stages is almost never cheaper.
 MAX_LAYOUT_STAGES = 4

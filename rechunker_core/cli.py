@@ -57,7 +57,7 @@ _LOCAL_SCHEDULERS = ("threads", "processes", "sync", "synchronous", "single-thre
 
 def _open_source(path: str, storage: dict[str, Any]) -> zarr.Array[Any] | zarr.Group:
     try:
-        if storage:
+        if storage and "://" in path:  # zarr takes fsspec options for URLs only
             return zarr.open(store=path, mode="r", storage_options=storage)
         return zarr.open(store=path, mode="r")
     except FileNotFoundError as error:
@@ -256,8 +256,9 @@ def _chunk_and_memory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-mem",
         type=_max_mem_type,
+        # argparse expands % in help text: the share's percent sign is doubled.
         help=f"most array data one task holds, e.g. 256MB or 1GiB (default: "
-        f"{DEFAULT_MEMORY_SHARE:.0%} of the available memory over the workers)",
+        f"{DEFAULT_MEMORY_SHARE * 100:.0f}%% of the available memory over the workers)",
     )
 
 

@@ -9,6 +9,7 @@ terminal and widgets in a notebook. The counting itself is
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ class StageBars:
         self._totals = list(rounds)
         self._bytes = [0] * len(rounds)
         self._started = [time.perf_counter()] * len(rounds)
+        # A terminal of unknown size (0 x 0) would get empty bars, or none at all.
+        size = shutil.get_terminal_size((100, 24))
         self._bars = [
             tqdm(
                 total=r.tasks,
@@ -59,7 +62,8 @@ class StageBars:
                 file=self.file,
                 bar_format=_BAR_FORMAT,
                 postfix=self._postfix(i),
-                dynamic_ncols=True,
+                ncols=size.columns,
+                nrows=max(size.lines, len(rounds) + 1),
             )
             for i, r in enumerate(rounds)
         ]

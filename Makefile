@@ -1,12 +1,14 @@
 # Two commands set up everything on a fresh machine with Python 3.11+:
 #   make demo   - create .venv, install, rechunk a ~500 MB sample array
-#   make test   - create .venv, install test extras, lint, type-check, run the suite
+#   make test   - create .venv, install test extras, lint, type-check, build the docs, run the suite
+#   make docs   - build the documentation site into site/ (mkdocs --strict)
+#   make clean  - remove .venv, demo-data and caches
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +18,7 @@ $(VENV)/.installed-base: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e .
 	touch $@
 
+# The test extra includes the docs and bench extras: make test builds the docs.
 $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e ".[test]"
 	touch $@ $(VENV)/.installed-base
@@ -28,8 +31,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/typecheck.py
 
-test: lint
+# --strict: a broken link or a stale API reference fails the build.
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) demo-data site .pytest_cache .mypy_cache .hypothesis

@@ -75,6 +75,9 @@ class Rechunked:
     def execute(self, progress: Any = None, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
         """Run the plan on its executor and return the target.
 
+        A run that failed may be executed again: tasks are idempotent and
+        the intermediates stay until a run succeeds.
+
         Parameters
         ----------
         progress : None, bool or callable
@@ -86,9 +89,6 @@ class Rechunked:
             Options of the executor's ``execute_plan``: ``max_workers=``
             (threads), ``scheduler=`` (dask), ``options=`` (beam), ...;
             docs/executors.md lists them per executor.
-
-        A run that failed may be executed again: tasks are idempotent and
-        the intermediates stay until a run succeeds.
 
         Raises
         ------

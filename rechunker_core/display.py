@@ -239,22 +239,27 @@ def _text(x: float, y: float, lines: Sequence[str], anchor: str = "middle") -> s
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT}>{spans}</text>'
 
 
-def _array(picture: _Picture, x: float, top: float, height: float) -> tuple[str, float]:
-    """One array's group (grid and labels), its top at ``top``; and its width."""
+#: The least width of an array's column: its labels must fit.
+_LABEL_WIDTH = 150.0
+
+
+def _array(picture: _Picture, left: float, top: float, height: float) -> tuple[str, float]:
+    """One array's group (grid and labels), its top at ``top``; and its column's width."""
     width, drawn = _extent(picture.shape)
-    y = top + (height - drawn) / 2
+    column = max(width, _LABEL_WIDTH)
+    x, y = left + (column - width) / 2, top + (height - drawn) / 2
     shape, chunks = picture.shape or (1,), picture.chunks or (1,)
     grid = _box(shape, chunks, x, y) if len(shape) >= 3 else _grid_2d(shape, chunks, x, y)
     labels = [picture.role, f"shape {shape}", f"chunks {chunks}"]
     if picture.shards is not None:
         labels.append(f"shards {picture.shards}")
-    label = _text(x + width / 2, top + height + 16, labels)
+    label = _text(left + column / 2, top + height + 16, labels)
     element = (
         f'<g class="array" data-name="{html.escape(picture.name)}" '
         f'data-role="{html.escape(picture.role)}"><title>{html.escape(picture.name)} '
         f"{html.escape(picture.role)}</title>{grid}{label}</g>"
     )
-    return element, width
+    return element, column
 
 
 def _arrow(number: int, stage: StageLayout, x: float, y: float) -> str:
@@ -292,7 +297,7 @@ def _job_row(job: ArrayJob, top: float) -> tuple[str, float, float]:
 
 def plan_svg(jobs: Sequence[ArrayJob], title: str = "") -> str:
     """The plan as an SVG picture: one row per array, its chain from source to target."""
-    rows, top, width = [], 30.0 if title else 18.0, 0.0
+    rows, top, width = [], 42.0 if title else 18.0, 0.0
     for job in jobs:
         svg, row_width, row_height = _job_row(job, top)
         rows.append(svg)

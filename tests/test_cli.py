@@ -10,7 +10,7 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from rechunker_core.cli import main, parse_target_chunks
+from rechunker_core.cli import _parser, main, parse_target_chunks
 from tests.helpers import ArrayFactory, GroupFactory, assert_same_array, snapshot
 
 SHAPE, SOURCE_CHUNKS = (40, 36), (40, 1)
@@ -177,3 +177,16 @@ def test_subprocess_run_and_bad_input(tmp_path: Path, source_path: Path) -> None
     npt.assert_array_equal(
         zarr.open_array(str(target))[...], zarr.open_array(str(source_path))[...]
     )
+
+
+def test_every_option_is_in_the_cli_reference() -> None:
+    """docs/cli.md names every command and option the parser has."""
+    reference = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, command in commands.items():
+        assert f"`{name}" in reference, name
+        for action in command._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in reference, f"{name} {option}"

@@ -145,7 +145,14 @@ class Rechunked:
 
     def summary(self) -> str:
         """The plan of every array: stages, tasks, bytes and peak task memory."""
-        return "\n".join([repr(self), *describe_jobs(self._jobs)])
+        lines = [repr(self), *describe_jobs(self._jobs)]
+        temp = self._dest.temp
+        if temp is not None and temp.scratch and any(s.intermediates for s in self.spec):
+            lines.append(
+                f"intermediates: in {temp.base.describe()}, a scratch directory beside the "
+                "target (no temp_store given), removed after a successful run"
+            )
+        return "\n".join(lines)
 
 
 def _takes_progress(executor: Executor[Any]) -> bool:

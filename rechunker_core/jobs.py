@@ -24,7 +24,7 @@ from rechunker_core.algorithm import (
 )
 from rechunker_core.locations import StoreLocation
 from rechunker_core.options import ArrayOptions, Options, normalize_chunks
-from rechunker_core.places import Destination
+from rechunker_core.places import Destination, suggest_temp_store
 from rechunker_core.sources import Source, SourceArray
 
 __all__ = ["ArrayJob", "overwrites", "plan_jobs"]
@@ -119,7 +119,7 @@ def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceA
 
 
 def _layout(
-    array: SourceArray, write_chunks: tuple[int, ...], max_mem: int, temp_available: bool
+    array: SourceArray, write_chunks: tuple[int, ...], max_mem: int, dest: Destination
 ) -> Layout:
     """The cheapest layout; without a temp store, the cheapest single stage that fits.
 
@@ -144,7 +144,7 @@ def _layout(
         )
 
     best = plan()  # raises, naming the least max_mem, if none fits
-    if temp_available or len(best.stages) == 1:
+    if dest.temp is not None or len(best.stages) == 1:
         return best
     try:
         single = plan(max_stages=1)
@@ -157,7 +157,8 @@ def _layout(
                 f"without temp_store, {what} is rechunked in one stage that decodes each "
                 f"source chunk {single.stages[0].read_amplification:.1f} times; with "
                 f"temp_store the planner would use {len(best.stages)} stages and about "
-                f"{single.seconds / best.seconds:.1f}x less work"
+                f"{single.seconds / best.seconds:.1f}x less work; pass "
+                f"{suggest_temp_store(dest.target)}, for example"
             ),
             stacklevel=4,
         )
@@ -187,12 +188,13 @@ def plan_jobs(
             requests[array.name], ref.shape, ref.read_chunks, array.dimension_names, what
         )
         write_chunks = _write_chunks(chunks, array_options, array)
-        layout = _layout(array, write_chunks, max_mem, dest.temp is not None)
+        layout = _layout(array, write_chunks, max_mem, dest)
         if len(layout.stages) > 1 and dest.temp is None:
             raise ValueError(
                 f"rechunking {what} from chunks {ref.read_chunks} to {chunks} within max_mem "
                 f"needs an intermediate array ({len(layout.stages)} stages); pass temp_store= "
-                "(a path, URL, zarr Store or zarr.Group)"
+                f"(a path, URL, zarr Store or zarr.Group), such as "
+                f"{suggest_temp_store(dest.target)}"
             )
         target = dest.array_target(array.name)
         jobs.append(ArrayJob(array, target, chunks, array_options, layout))

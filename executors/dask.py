@@ -6,13 +6,17 @@ two stages of three tasks each (one batch per task)::
 
     copy(0,0,0) copy(0,0,1) copy(0,0,2)      stage 0 of spec 0
           \\          |          /
-              barrier(0,0)
+              barrier(0,0)                   a tree of 64-way nodes for many copies
           /          |          \\
     copy(0,1,0) copy(0,1,1) copy(0,1,2)      stage 1: each depends on the barrier only
           \\          |          /
               barrier(0,1)
                      |
                   finish                     deletes the intermediates (copy.finish)
+
+Each copy node runs a range of copy tasks of one stage; the stage itself is a
+data node of the graph, so it travels to each worker once rather than with
+every node.
 
 Several specs (a group) each get such a chain; ``finish`` waits for every
 chain's last barrier. The chains do not wait for each other: stage 1 of one
@@ -21,16 +25,22 @@ array reads only what stage 0 of that same array wrote.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from rechunker_core.copy import Batch, Round, Tracker, finish, run_batch
+from rechunker_core.copy import Batch, Round, Tracker, finish, least_batch_size, run_batch
 from rechunker_core.executors import import_engine
-from rechunker_core.spec import StagedCopySpec
+from rechunker_core.spec import CopySpec, StagedCopySpec
 
-__all__ = ["DaskExecutor"]
+__all__ = ["MAX_GRAPH_NODES", "DaskExecutor"]
+
+#: With ``batch_size=None``, copy tasks are batched so that a plan has at most
+#: about this many nodes: a scheduler spends about a millisecond per node, and
+#: a client holds every node in memory.
+MAX_GRAPH_NODES = 100_000
 
 
 class DaskExecutor:
@@ -43,7 +53,8 @@ class DaskExecutor:
     ----------
     batch_size : int, optional
         Copy tasks per dask task. By default tiny copy tasks are batched
-        (see :meth:`rechunker_core.copy.Round.batches`) and others are not.
+        (see :meth:`rechunker_core.copy.Round.batches`), and a plan has at most
+        about :data:`MAX_GRAPH_NODES` nodes.
     **compute_kwargs
         Defaults for :func:`dask.compute` in :meth:`execute_plan`, such as
         ``scheduler="processes"`` or ``scheduler=client``.
@@ -78,22 +89,26 @@ class DaskExecutor:
         Task, TaskRef = task_spec.Task, task_spec.TaskRef
 
         specs = tuple(specs)
+        at_least = 1 if self.batch_size else least_batch_size(specs, MAX_GRAPH_NODES)
         token = uuid.uuid4().hex
-        copy_name, barrier_name = f"rechunk-copy-{token}", f"rechunk-barrier-{token}"
         graph: dict[Any, Any] = {}
         last_barriers: list[Any] = []
         for s, spec in enumerate(specs):
             after: tuple[Any, ...] = ()
             for k, stage in enumerate(spec.stages):
+                # The stage is data in the graph, sent to each worker once; a copy
+                # task names only its range of tasks.
+                stage_key = (f"rechunk-stage-{token}", s, k)
+                graph[stage_key] = task_spec.DataNode(stage_key, stage)
                 copies = []
                 # Each array's stages chain on their own: a round of one stage.
-                for b, batch in enumerate(Round(k, (stage,)).batches(self.batch_size)):
-                    key = (copy_name, s, k, b)
-                    graph[key] = Task(key, _copy_batch, batch, *after)
+                batches = Round(k, (stage,)).batches(self.batch_size, at_least=at_least)
+                for b, batch in enumerate(batches):
+                    key = (f"rechunk-copy-{token}", s, k, b)
+                    start, stop = batch.tasks.start, batch.tasks.stop
+                    graph[key] = Task(key, _copy_range, TaskRef(stage_key), start, stop, *after)
                     copies.append(TaskRef(key))
-                barrier = (barrier_name, s, k)
-                graph[barrier] = Task(barrier, _barrier, *copies)
-                after = (TaskRef(barrier),)
+                after = (_barrier_tree(graph, f"rechunk-barrier-{token}-{s}-{k}", copies),)
             last_barriers.extend(after)
         final = f"rechunk-finish-{token}"
         graph[final] = Task(final, _finish, specs, *last_barriers)
@@ -166,6 +181,10 @@ def _uses_other_processes(scheduler: Any) -> bool:
     """
     if isinstance(scheduler, ProcessPoolExecutor):
         return True
+    if scheduler is None and "distributed" not in sys.modules:
+        # No Client can exist, and asking dask would import distributed (seconds).
+        config = import_engine("dask", "dask").config.get("scheduler", None)
+        return config in ("processes", "multiprocessing")
     base = import_engine("dask.base", "dask")
     multiprocessing = import_engine("dask.multiprocessing", "dask")
     get = base.get_scheduler(scheduler=scheduler)
@@ -177,12 +196,33 @@ def _uses_other_processes(scheduler: Any) -> bool:
 # for; their values are ignored.
 
 
-def _copy_batch(batch: Batch, *after: Any) -> int:
-    return run_batch(batch)
+def _copy_range(stage: CopySpec, start: int, stop: int, *after: Any) -> int:
+    return run_batch(Batch(stage, range(start, stop)))
 
 
 def _barrier(*copied: int) -> int:
     return sum(copied)
+
+
+#: Most dependencies of one barrier node: a barrier over 10**5 copy tasks is a
+#: tree, so no node waits on (and no worker gathers) more results than this.
+BARRIER_FAN_IN = 64
+
+
+def _barrier_tree(graph: dict[Any, Any], name: str, refs: list[Any]) -> Any:
+    """Add barrier nodes over ``refs`` to ``graph``, a tree of :data:`BARRIER_FAN_IN`;
+    return a reference to its root."""
+    task_spec = import_engine("dask.task_spec", "dask")
+    level = 0
+    while True:
+        groups = [refs[i : i + BARRIER_FAN_IN] for i in range(0, max(len(refs), 1), BARRIER_FAN_IN)]
+        keys = [(name, level, i) for i in range(len(groups))]
+        for key, group in zip(keys, groups):
+            graph[key] = task_spec.Task(key, _barrier, *group)
+        refs = [task_spec.TaskRef(key) for key in keys]
+        if len(refs) == 1:
+            return refs[0]
+        level += 1
 
 
 def _finish(specs: tuple[StagedCopySpec, ...], *after: Any) -> None:

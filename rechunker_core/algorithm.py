@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import pairwise, product
 
 import rechunker_core.compat as compat
@@ -49,9 +50,11 @@ __all__ = [
     "multistage_rechunking_plan",
     "plan_layout",
     "rechunking_plan",
+    "task_peak",
 ]
 
 Shape = tuple[int, ...]
+_Models = tuple["MemoryModel", "MemoryModel"]
 
 #: rechunker's multi-stage planner tries ``1 .. MAX_STAGES - 1`` stages. Read
 #: when the planners below are called, so patching it here takes effect.
@@ -242,42 +245,60 @@ def dim_overlap(size: int, region: int, chunk: int) -> DimOverlap:
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """What one task holds in memory, in bytes of array data.
+    """What reading or writing one array costs a task in memory, beyond its region.
 
-    A task allocates its region once, reads into it and writes from it. While
-    reading, zarr keeps up to ``concurrency`` read chunks in flight, each as
-    its encoded bytes plus its decoded array (``chunk_copies``); while writing
-    it likewise keeps up to ``concurrency`` write chunks being encoded.
-    ``region_copies`` counts extra copies of the whole region a reader makes
-    (0 for zarr; 1 for dask, which concatenates the blocks it computes).
+    A task holds its region once, laid out as the target's write chunks (edge
+    chunks padded to full size), reads into it and writes from it. While it
+    reads, up to ``concurrency`` read chunks are in flight, each as its
+    encoded bytes plus a decoded scratch chunk (``chunk_copies``); while it
+    writes, up to ``concurrency`` write chunks are in flight, each as its
+    encoded bytes and the copy sent to the store. ``region_copies`` counts
+    whole extra copies of the region a reader makes.
 
     Attributes
     ----------
     concurrency : int
-        Chunks zarr processes at once within one read or write
-        (``zarr.config["async.concurrency"]``).
+        Chunks in flight within one read or write: 1 on local disks (chunks
+        go one by one), :data:`rechunker_core.chunkio.CONCURRENCY` on other
+        stores, ``zarr.config["async.concurrency"]`` on zarr's own path.
     chunk_copies : int
         Buffers per in-flight chunk.
     region_copies : int
-        Extra copies of the region the source reader makes.
+        Extra copies of the region the reader makes (zarr's own path returns
+        a new array: 1; dask concatenates the blocks it computes: 2).
     """
 
-    concurrency: int = 10
+    concurrency: int = 1
     chunk_copies: int = 2
     region_copies: int = 0
 
-    def task_peak(
-        self,
-        region_bytes: int,
-        read_chunks_in_flight: int,
-        read_chunk_bytes: int,
-        write_chunks_in_flight: int,
-        write_chunk_bytes: int,
-    ) -> int:
-        """Return the peak bytes of array data one task holds."""
-        reading = min(self.concurrency, read_chunks_in_flight) * read_chunk_bytes
-        writing = min(self.concurrency, write_chunks_in_flight) * write_chunk_bytes
-        return region_bytes * (1 + self.region_copies) + self.chunk_copies * max(reading, writing)
+    def in_flight(self, chunks: int, chunk_bytes: int) -> int:
+        """Bytes of ``chunks`` chunks of ``chunk_bytes`` being read or written at once."""
+        return self.chunk_copies * min(self.concurrency, chunks) * chunk_bytes
+
+
+def task_peak(
+    reader: MemoryModel,
+    writer: MemoryModel,
+    region_bytes: int,
+    reading: tuple[int, int],
+    writing: tuple[int, int],
+) -> int:
+    """The peak bytes of array data one task holds.
+
+    ``reading`` and ``writing`` are ``(chunks one task touches, bytes per
+    chunk)`` of the array read and the array written.
+
+    One percent is added for what the task's bookkeeping and a compressor's
+    worst case (its output may be a little larger than its input) take; the
+    measured peaks in tests/test_memory.py stay within the total.
+
+    >>> local = MemoryModel()
+    >>> task_peak(local, local, 1000, (10, 100), (4, 250))
+    1515
+    """
+    held = region_bytes * (1 + reader.region_copies)
+    return math.ceil(1.01 * (held + max(reader.in_flight(*reading), writer.in_flight(*writing))))
 
 
 @dataclass(frozen=True)
@@ -431,15 +452,17 @@ def evaluate_stage(
     write_chunks: Shape,
     task_chunks: Shape,
     memory: MemoryModel,
+    write_memory: MemoryModel | None = None,
 ) -> StageLayout:
     """Count the work and peak memory of one stage with the given task regions.
 
     ``task_chunks`` must be a multiple of ``write_chunks`` in every dimension
-    where it is smaller than the shape. Costs O(dims * log(shape)).
+    where it is smaller than the shape. ``memory`` models reading,
+    ``write_memory`` (default: the same) writing. Costs O(dims * log(shape)).
 
     >>> s = evaluate_stage((100,), 4, (10,), (25,), (50,), MemoryModel(concurrency=2))
     >>> s.num_tasks, s.read_ops, s.bytes_read, s.peak_task_memory
-    (2, 10, 400, 600)
+    (2, 10, 400, 606)
     """
     read_chunks = _clip(read_chunks, shape)
     write_chunks = _clip(write_chunks, shape)
@@ -447,12 +470,13 @@ def evaluate_stage(
     overlaps = [dim_overlap(n, r, p) for n, r, p in zip(shape, task_chunks, read_chunks)]
     num_tasks = math.prod(ceil_div(n, r) for n, r in zip(shape, task_chunks))
     write_ops = math.prod(ceil_div(n, q) for n, q in zip(shape, write_chunks))
-    peak = memory.task_peak(
-        region_bytes=math.prod(task_chunks) * itemsize,
-        read_chunks_in_flight=math.prod(o.max_chunks for o in overlaps),
-        read_chunk_bytes=math.prod(read_chunks) * itemsize,
-        write_chunks_in_flight=math.prod(ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)),
-        write_chunk_bytes=math.prod(write_chunks) * itemsize,
+    blocks = [ceil_div(r, q) for r, q in zip(task_chunks, write_chunks)]
+    peak = task_peak(
+        memory,
+        write_memory or memory,
+        math.prod(b * q for b, q in zip(blocks, write_chunks)) * itemsize,
+        (math.prod(o.max_chunks for o in overlaps), math.prod(read_chunks) * itemsize),
+        (math.prod(blocks), math.prod(write_chunks) * itemsize),
     )
     return StageLayout(
         read_chunks=read_chunks,
@@ -496,6 +520,7 @@ def plan_stage(
     max_mem: int,
     memory: MemoryModel,
     cost: CostModel,
+    write_memory: MemoryModel | None = None,
 ) -> StageLayout | None:
     """Choose task regions for one stage: the cheapest that fit ``max_mem``.
 
@@ -509,16 +534,17 @@ def plan_stage(
     >>> s.task_chunks, s.read_amplification
     ((100, 100), 1.0)
 
-    Too little memory for even one write chunk and its ten source chunks:
+    Too little memory for even one write chunk and a source chunk in flight:
 
-    >>> plan_stage((100, 100), 4, (10, 100), (100, 10), 20_000, MemoryModel(), one_core) is None
+    >>> plan_stage((100, 100), 4, (10, 100), (100, 10), 10_000, MemoryModel(), one_core) is None
     True
     """
     read_chunks = _clip(read_chunks, shape)
     write_chunks = _clip(write_chunks, shape)
     steps = [_region_steps(n, p, q) for n, p, q in zip(shape, read_chunks, write_chunks)]
     position = [0] * len(shape)
-    best = evaluate_stage(shape, itemsize, read_chunks, write_chunks, write_chunks, memory)
+    models = (memory, write_memory or memory)
+    best = evaluate_stage(shape, itemsize, read_chunks, write_chunks, write_chunks, *models)
     if best.peak_task_memory > max_mem:
         return None
     best_seconds = cost.stage_seconds(best)
@@ -530,7 +556,7 @@ def plan_stage(
             region = list(best.task_chunks)
             region[d] = steps[d][position[d] + 1]
             candidate = evaluate_stage(
-                shape, itemsize, read_chunks, write_chunks, tuple(region), memory
+                shape, itemsize, read_chunks, write_chunks, tuple(region), *models
             )
             if candidate.peak_task_memory > max_mem:
                 continue
@@ -656,16 +682,19 @@ class _Problem:
     max_mem: int
     source_memory: MemoryModel
     memory: MemoryModel
+    target_memory: MemoryModel
     cost: CostModel
 
-    def stages(self, chain: list[Shape]) -> Iterator[tuple[Shape, Shape, MemoryModel]]:
-        """Each stage of ``chain`` as (read chunks, write chunks, memory model)."""
+    def stages(self, chain: list[Shape]) -> Iterator[tuple[Shape, Shape, _Models]]:
+        """Each stage of ``chain`` as (read chunks, write chunks, (reader, writer) models)."""
+        last = len(chain) - 2
         for i, (read, write) in enumerate(pairwise(chain)):
-            yield read, write, self.source_memory if i == 0 else self.memory
+            reader = self.source_memory if i == 0 else self.memory
+            yield read, write, (reader, self.target_memory if i == last else self.memory)
 
-    def evaluate(self, read: Shape, write: Shape, task: Shape, model: MemoryModel) -> StageLayout:
+    def evaluate(self, read: Shape, write: Shape, task: Shape, models: _Models) -> StageLayout:
         """One stage of this problem with the given task regions."""
-        return evaluate_stage(self.shape, self.itemsize, read, write, task, model)
+        return evaluate_stage(self.shape, self.itemsize, read, write, task, *models)
 
 
 def _quick_score(problem: _Problem, chain: list[Shape]) -> tuple[float | None, int]:
@@ -688,8 +717,16 @@ def _plan_chain(problem: _Problem, chain: list[Shape]) -> Layout:
     """Plan every stage of a chain that :func:`_quick_score` found feasible."""
     stages = []
     for read, write, model in problem.stages(chain):
+        reader, writer = model
         stage = plan_stage(
-            problem.shape, problem.itemsize, read, write, problem.max_mem, model, problem.cost
+            problem.shape,
+            problem.itemsize,
+            read,
+            write,
+            problem.max_mem,
+            reader,
+            problem.cost,
+            writer,
         )
         assert stage is not None  # _quick_score checked the smallest region fits
         stages.append(stage)
@@ -748,6 +785,7 @@ def plan_layout(
     max_stages: int = MAX_LAYOUT_STAGES,
     source_memory: MemoryModel | None = None,
     memory: MemoryModel | None = None,
+    target_memory: MemoryModel | None = None,
     cost: CostModel | None = None,
 ) -> Layout:
     """Lay out a rechunk: the cheapest chain of stages whose every task fits ``max_mem``.
@@ -765,18 +803,14 @@ def plan_layout(
         Most bytes of array data one task may hold.
     max_stages : int
         Most stages to consider; 1 forbids intermediate arrays.
-    source_memory, memory : MemoryModel, optional
-        Memory models for reading the source, and for everything else.
+    source_memory, memory, target_memory : MemoryModel, optional
+        Memory models for reading the source, for reading and writing
+        intermediates, and for writing the target (default: ``memory``).
     cost : CostModel, optional
         The cost model to minimise.
 
-    Raises
-    ------
-    ValueError
-        If no layout fits ``max_mem``; the message gives the smallest that would.
+    Raises ``ValueError`` if no layout fits ``max_mem``, naming the smallest that would.
 
-    Examples
-    --------
     A map per time step to a time series per pixel goes through one
     intermediate whose chunks line up with both ends:
 
@@ -789,7 +823,12 @@ def plan_layout(
     if any(n == 0 for n in shape):
         return _empty_layout(shape, itemsize, source, target)
     memory = memory or MemoryModel()
-    problem = _Problem(
-        shape, itemsize, max_mem, source_memory or memory, memory, cost or CostModel()
-    )
+    models = (source_memory or memory, memory, target_memory or memory)
+    problem = _Problem(shape, itemsize, max_mem, *models, cost or CostModel())
+    return _plan_once(problem, source, target, max_stages)
+
+
+@lru_cache(maxsize=256)
+def _plan_once(problem: _Problem, source: Shape, target: Shape, max_stages: int) -> Layout:
+    """:func:`_best_of`, once per problem: a group of many arrays alike is planned once."""
     return _best_of(problem, source, target, max_stages)

@@ -124,6 +124,11 @@ class Rechunked:
             return zarr.open_group(store=store, path=root.path, mode="r+")
         return zarr.open_array(store=store, path=self._jobs[0].target.path, mode="r+")
 
+    @property
+    def peak_task_memory(self) -> int:
+        """Most bytes of array data any one task of the plan holds (at most max_mem)."""
+        return max(job.layout.peak_task_memory for job in self._jobs)
+
     def _header(self) -> str:
         where = self._dest.target.describe()
         tasks = sum(spec.num_tasks for spec in self.spec)

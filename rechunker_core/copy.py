@@ -31,9 +31,13 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+from rechunker_core.blocks import Blocks
+from rechunker_core.chunkio import REGIONS
 from rechunker_core.geometry import Region
 from rechunker_core.spec import CopySpec, StagedCopySpec
-from rechunker_core.storage import remove
+from rechunker_core.storage import ZarrRef, remove
 
 __all__ = [
     "MIN_BATCH_BYTES",
@@ -47,6 +51,7 @@ __all__ = [
     "copy_region",
     "feed_path",
     "finish",
+    "least_batch_size",
     "listening",
     "new_token",
     "report",
@@ -70,8 +75,29 @@ MIN_BATCHES_PER_ROUND = 1000
 
 
 def copy_region(stage: CopySpec, region: Region) -> None:
-    """Copy one task's region: read it from the stage's source, write it to its target."""
-    stage.target.write(region, stage.source.read(region))
+    """Copy one task's region: read it from the stage's source, write it to its target.
+
+    The region is held as the target's write chunks (:class:`~rechunker_core.blocks.Blocks`),
+    in memory from the process's pool (:data:`~rechunker_core.chunkio.REGIONS`), so
+    consecutive tasks refill memory already touched.
+    """
+    source = stage.source
+    if isinstance(source, ZarrRef) and source.copies_nothing(region, stage.target):
+        return
+    dtype = np.dtype(source.dtype)
+    chunks = stage.target.block_chunks(region)
+    if dtype.hasobject:
+        blocks = Blocks(region, chunks, None, dtype)
+        stage.source.read_into(region, blocks)
+        stage.target.write(region, blocks)
+        return
+    buffer = REGIONS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
+    try:
+        blocks = Blocks(region, chunks, buffer, dtype)
+        stage.source.read_into(region, blocks)
+        stage.target.write(region, blocks)
+    finally:
+        REGIONS.give(buffer)
 
 
 @dataclass(frozen=True)
@@ -125,7 +151,9 @@ class Round:
         """Every task as a batch of one, lazily."""
         return self.batches(1)
 
-    def batches(self, size: int | None = None, most: int | None = None) -> Iterator[Batch]:
+    def batches(
+        self, size: int | None = None, most: int | None = None, at_least: int = 1
+    ) -> Iterator[Batch]:
         """Cut each stage's tasks into batches of consecutive tasks, lazily.
 
         Parameters
@@ -136,6 +164,8 @@ class Round:
             least :data:`MIN_BATCHES_PER_ROUND` batches.
         most : int, optional
             Most batches per stage (batches grow to stay within it).
+        at_least : int
+            Fewest tasks per batch (see :func:`least_batch_size`).
 
         >>> from types import SimpleNamespace as NS
         >>> import numpy as np
@@ -150,9 +180,11 @@ class Round:
         [range(0, 2), range(2, 4), range(4, 5)]
         >>> len(list(Round(0, (tiny,)).batches(most=7)))
         7
+        >>> len(list(Round(0, (big,)).batches(at_least=20)))
+        3
         """
         for stage in self.stages:
-            chosen = size or self._auto_size(stage)
+            chosen = max(size or self._auto_size(stage), at_least)
             if most is not None:
                 chosen = max(chosen, math.ceil(stage.num_tasks / most))
             yield from _split(stage, chosen)
@@ -181,6 +213,20 @@ class Round:
                 batches.append(Batch(stage, range(start - offset, stop - offset)))
             offset += stage.num_tasks
         return batches
+
+
+def least_batch_size(specs: Sequence[StagedCopySpec], most_batches: int) -> int:
+    """Tasks per batch so that the whole plan has at most about ``most_batches`` batches.
+
+    Engines that build a node per batch (a dask graph) stay small at any size:
+    10**7 copy tasks become 10**5 nodes, each running 100 tasks.
+
+    >>> from types import SimpleNamespace as NS
+    >>> least_batch_size([NS(num_tasks=10**7)], 10**5), least_batch_size([NS(num_tasks=5)], 10**5)
+    (100, 1)
+    """
+    total = sum(spec.num_tasks for spec in specs)
+    return max(1, math.ceil(total / most_batches))
 
 
 def rounds(specs: Sequence[StagedCopySpec]) -> list[Round]:

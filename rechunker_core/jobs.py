@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import zarr
-
 from rechunker_core.algorithm import (
     MAX_LAYOUT_STAGES,
     ExcessiveIOWarning,
@@ -22,12 +20,16 @@ from rechunker_core.algorithm import (
     MemoryModel,
     plan_layout,
 )
+from rechunker_core.chunkio import writing_memory
 from rechunker_core.locations import StoreLocation
 from rechunker_core.options import ArrayOptions, Options, normalize_chunks
 from rechunker_core.places import Destination, suggest_temp_store
 from rechunker_core.sources import Source, SourceArray
 
 __all__ = ["ArrayJob", "overwrites", "plan_jobs"]
+
+#: Memory models of the intermediates (None: no temp store) and the target.
+_Models = tuple[MemoryModel | None, MemoryModel]
 
 #: Warn when leaving out temp_store makes the estimated work this many times larger.
 WARN_COST_RATIO = 1.5
@@ -119,7 +121,11 @@ def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceA
 
 
 def _layout(
-    array: SourceArray, write_chunks: tuple[int, ...], max_mem: int, dest: Destination
+    array: SourceArray,
+    write_chunks: tuple[int, ...],
+    max_mem: int,
+    models: _Models,
+    dest: Destination,
 ) -> Layout:
     """The cheapest layout; without a temp store, the cheapest single stage that fits.
 
@@ -128,8 +134,7 @@ def _layout(
     ExcessiveIOWarning says so, since the user may simply have left out
     temp_store.
     """
-    ref = array.ref
-    memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
+    ref, (temp_memory, target_memory) = array.ref, models
 
     def plan(max_stages: int = MAX_LAYOUT_STAGES) -> Layout:
         return plan_layout(
@@ -140,21 +145,21 @@ def _layout(
             max_mem,
             max_stages=max_stages,
             source_memory=array.memory,
-            memory=memory,
+            memory=temp_memory or target_memory,
+            target_memory=target_memory,
         )
 
     best = plan()  # raises, naming the least max_mem, if none fits
-    if dest.temp is not None or len(best.stages) == 1:
+    if temp_memory is not None or len(best.stages) == 1:
         return best
     try:
         single = plan(max_stages=1)
     except ValueError:
         return best  # the caller asks for a temp store
     if single.seconds > WARN_COST_RATIO * best.seconds:
-        what = array.what
         warnings.warn(
             ExcessiveIOWarning(
-                f"without temp_store, {what} is rechunked in one stage that decodes each "
+                f"without temp_store, {array.what} is rechunked in one stage that decodes each "
                 f"source chunk {single.stages[0].read_amplification:.1f} times; with "
                 f"temp_store the planner would use {len(best.stages)} stages and about "
                 f"{single.seconds / best.seconds:.1f}x less work; pass "
@@ -163,6 +168,17 @@ def _layout(
             stacklevel=4,
         )
     return single
+
+
+def _models(dest: Destination, target: StoreLocation, sharded: bool) -> _Models:
+    """Memory models for the intermediates (None without a temp store) and the target."""
+    temp = dest.temp
+    temp_memory = None if temp is None else writing_memory(_is_local(temp.base), False)
+    return temp_memory, writing_memory(_is_local(target), sharded)
+
+
+def _is_local(location: StoreLocation) -> bool:
+    return isinstance(location.store, str) and "://" not in location.store
 
 
 def plan_jobs(
@@ -188,7 +204,9 @@ def plan_jobs(
             requests[array.name], ref.shape, ref.read_chunks, array.dimension_names, what
         )
         write_chunks = _write_chunks(chunks, array_options, array)
-        layout = _layout(array, write_chunks, max_mem, dest)
+        target = dest.array_target(array.name)
+        models = _models(dest, target, array_options.shards is not None)
+        layout = _layout(array, write_chunks, max_mem, models, dest)
         if len(layout.stages) > 1 and dest.temp is None:
             raise ValueError(
                 f"rechunking {what} from chunks {ref.read_chunks} to {chunks} within max_mem "
@@ -196,7 +214,6 @@ def plan_jobs(
                 f"(a path, URL, zarr Store or zarr.Group), such as "
                 f"{suggest_temp_store(dest.target)}"
             )
-        target = dest.array_target(array.name)
         jobs.append(ArrayJob(array, target, chunks, array_options, layout))
     if not jobs:
         raise ValueError(f"target_chunks {target_chunks!r} selects no array of the {source.kind}")

@@ -21,6 +21,8 @@ import zarr
 from zarr.abc.store import Store
 
 from rechunker_core.algorithm import MemoryModel
+from rechunker_core.blocks import Blocks
+from rechunker_core.chunkio import reading_memory
 from rechunker_core.geometry import Region
 from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.spec import ArrayRef
@@ -217,7 +219,7 @@ def _zarr_array(array: zarr.Array[Any], name: str, location: StoreLocation) -> S
         dimension_names=_zarr_dimension_names(array),
         attributes=attributes,
         create_options={"fill_value": array.fill_value, "zarr_format": array.metadata.zarr_format},
-        memory=MemoryModel(concurrency=int(zarr.config.get("async.concurrency"))),
+        memory=reading_memory(array),
     )
 
 
@@ -306,14 +308,18 @@ class DaskRef:
         """Compute ``region`` of the array, in this thread."""
         return np.asarray(self.array[region].compute(scheduler="sync"))
 
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Compute ``region`` of the array into ``blocks``."""
+        blocks.assign(tuple(slice(0, s.stop - s.start) for s in region), self.read(region))
+
     def __repr__(self) -> str:
         return f"DaskRef(shape={self.shape}, dtype={self.dtype}, blocks<={self.chunks})"
 
 
 def _dask_memory() -> MemoryModel:
-    # dask computes every block a region touches, then concatenates the
-    # pieces into a new array: one extra copy of the region.
-    return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=1)
+    # dask computes every block a region touches and concatenates them into a
+    # new array, which is then copied into the task's blocks: two extra copies.
+    return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=2)
 
 
 def _from_dask(source: dask.array.Array) -> Source:

@@ -11,10 +11,12 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region, region_slices
 from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.storage import ZarrRef
@@ -41,7 +43,9 @@ class ArrayRef(Protocol):
     @property
     def read_chunks(self) -> tuple[int, ...]: ...
 
-    def read(self, region: Region) -> np.ndarray[Any, Any]: ...
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Put the values in ``region`` into ``blocks``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,12 @@ class CopySpec:
         """The shape of both arrays."""
         return tuple(self.target.shape)
 
-    @property
+    @cached_property
     def task_grid(self) -> tuple[int, ...]:
         """Tasks along each dimension."""
         return tuple(-(-n // c) for n, c in zip(self.shape, self.task_chunks))
 
-    @property
+    @cached_property
     def num_tasks(self) -> int:
         """How many tasks the copy has."""
         return math.prod(self.task_grid)

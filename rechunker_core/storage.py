@@ -18,6 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from rechunker_core.blocks import Blocks
+from rechunker_core.chunkio import ChunkIO, all_fill, chunk_io
 from rechunker_core.geometry import Region, split_region
 from rechunker_core.locations import StoreLocation, location_from_dict, location_to_dict
 
@@ -62,37 +64,65 @@ class ZarrRef:
 
     def open(self, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
         """Open the array (once per process and mode; see :func:`open_array`)."""
-        array = open_array(self.location, mode)
-        if (tuple(array.shape), tuple(array.shards or array.chunks)) != (self.shape, self.chunks):
-            # Replaced since this process opened it (overwrite=True): the copy is stale.
-            clear_cache(self.location)
-            array = open_array(self.location, mode)
-        return array
+        return self._opened(mode).array
+
+    def block_chunks(self, region: Region) -> tuple[int, ...]:
+        """The blocks a task writing ``region`` should hold its data in: this array's
+        chunks when they are written one by one here, else the region itself."""
+        if self._opened("r+").io is not None:
+            return self.chunks
+        return tuple(s.stop - s.start for s in region)
+
+    def copies_nothing(self, region: Region, target: ZarrRef) -> bool:
+        """Whether copying ``region`` to ``target`` would write nothing: this array
+        stores no chunk there (it reads as its fill value), and ``target`` leaves
+        out chunks of that value. A metadata-only or sparse source then costs a
+        task one look at its chunk keys."""
+        source, written = self._opened("r").io, target._opened("r+").io
+        if source is None or written is None or source.fill_value is None:
+            return False
+        return written.omits(source.fill_value) and not source.any_stored(region)
+
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Fill ``blocks`` with the values in ``region``."""
+        opened = self._opened("r")
+        if opened.io is not None:
+            opened.io.read_into(region, blocks)
+        else:
+            blocks.assign(_whole(region), np.asarray(opened.array[region]))
 
     def read(self, region: Region) -> np.ndarray[Any, Any]:
         """Read ``region`` into a new numpy array."""
-        return np.asarray(self.open("r")[region])
+        blocks = Blocks(region, tuple(s.stop - s.start for s in region), None, self.dtype)
+        self.read_into(region, blocks)
+        return blocks.array()
 
-    def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
-        """Write ``data`` to ``region``; the region must cover whole write chunks.
+    def write(self, region: Region, data: Blocks | np.ndarray[Any, Any]) -> None:
+        """Write ``data`` (blocks, or an array shaped like ``region``) to ``region``,
+        which must cover whole write chunks.
 
-        Each write chunk is gathered into a contiguous array here, in the
-        calling thread, and handed to zarr whole. zarr then encodes it as is;
-        given the whole region it would gather every chunk, and check it for
-        emptiness, on its one event-loop thread, which serialises all workers
-        (docs/algorithm.md). Chunks holding only the fill value are skipped
-        unless the array writes empty chunks, as zarr would: the arrays are
-        new, so a skipped chunk reads as the fill value.
+        Chunks holding only the fill value are skipped unless the array
+        writes empty chunks, as zarr would: the arrays are new, so a skipped
+        chunk reads as the fill value.
         """
-        array = self.open("r+")
-        skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
-        writer = array.with_config({"write_empty_chunks": True})
-        for piece in split_region(region, self.chunks):
-            local = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(piece, region))
-            block = np.asarray(data[local], order="C")  # ascontiguousarray makes 0-d 1-d
-            if skip_empty and _all_fill(block, array.fill_value):
-                continue
-            writer[piece] = block
+        opened = self._opened("r+")
+        if opened.io is not None:
+            if not isinstance(data, Blocks) or data.chunks != self.chunks:
+                data = _as_blocks(region, data, self.chunks, self.dtype)
+            opened.io.write_blocks(region, data)
+            return
+        if isinstance(data, Blocks):
+            data = data.array() if data.single else _as_array(region, data)
+        _write_with_zarr(opened.array, region, data, self.chunks)
+
+    def _opened(self, mode: Literal["r", "r+"]) -> _Open:
+        opened = _open(self.location, mode)
+        array = opened.array
+        if (tuple(array.shape), tuple(array.shards or array.chunks)) != (self.shape, self.chunks):
+            # Replaced since this process opened it (overwrite=True): the copy is stale.
+            clear_cache(self.location)
+            opened = _open(self.location, mode)
+        return opened
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description; the store must be a path or URL."""
@@ -116,33 +146,38 @@ class ZarrRef:
         )
 
 
-def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
-    """Whether every element of ``block`` is ``fill_value``, bit for bit (as zarr decides).
+def _whole(region: Region) -> Region:
+    return tuple(slice(0, s.stop - s.start) for s in region)
 
-    ``-0.0`` is not ``0.0``: both compare equal as numbers, but a chunk of
-    ``-0.0`` skipped as empty would read back as ``0.0``. Any NaN matches a
-    NaN fill value. Data chunks rarely start with the fill value, so the
-    first element settles most chunks without reading the rest.
 
-    >>> _all_fill(np.array([np.nan, np.nan]), np.nan), _all_fill(np.zeros(2), 1.0)
-    (True, False)
-    >>> _all_fill(np.array([0.0, -0.0]), 0.0), _all_fill(np.array([1.0, 2.0]), 1.0)
-    (False, False)
-    """
-    fill = np.asarray(fill_value, dtype=block.dtype)
-    if block.dtype.kind in "fc" and np.isnan(fill).any():
-        first = block.flat[:1]
-        if first.size and not np.array_equal(first[0], fill, equal_nan=True):
-            return False
-        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=True))
-    if block.dtype.hasobject or block.dtype.kind in "USV":
-        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape)))
-    bits = np.dtype(f"V{block.dtype.itemsize}")
-    contiguous = np.ascontiguousarray(block)
-    fill_bits = fill.reshape(1).view(bits)[0]
-    if contiguous.size and contiguous.reshape(-1)[:1].view(bits)[0] != fill_bits:
-        return False
-    return bool((contiguous.reshape(-1).view(bits) == fill_bits).all())
+def _as_blocks(
+    region: Region, data: Blocks | np.ndarray[Any, Any], chunks: tuple[int, ...], dtype: Any
+) -> Blocks:
+    blocks = Blocks(region, chunks, None, np.dtype(dtype))
+    values = data if isinstance(data, np.ndarray) else _as_array(region, data)
+    blocks.assign(_whole(region), values)
+    return blocks
+
+
+def _as_array(region: Region, blocks: Blocks) -> np.ndarray[Any, Any]:
+    out = np.empty(tuple(s.stop - s.start for s in region), blocks.data.dtype)
+    return blocks.gather(_whole(region), out)
+
+
+def _write_with_zarr(
+    array: zarr.Array[Any], region: Region, data: np.ndarray[Any, Any], chunks: tuple[int, ...]
+) -> None:
+    """zarr's own path (sharded arrays, unusual codecs): each write chunk is
+    gathered here, in the calling thread, and handed to zarr whole, so zarr's
+    one event-loop thread does not gather and check it."""
+    skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
+    writer = array.with_config({"write_empty_chunks": True})
+    for piece in split_region(region, chunks):
+        local = tuple(slice(p.start - r.start, p.stop - r.start) for p, r in zip(piece, region))
+        block = np.asarray(data[local], order="C")  # ascontiguousarray makes 0-d 1-d
+        if skip_empty and all_fill(block, array.fill_value):
+            continue
+        writer[piece] = block
 
 
 def remove(location: StoreLocation) -> None:
@@ -151,8 +186,32 @@ def remove(location: StoreLocation) -> None:
     location.delete()
 
 
-_cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()
+@dataclass(frozen=True)
+class _Open:
+    """An open array, and its whole-chunk reader and writer when it has one."""
+
+    array: zarr.Array[Any]
+    io: ChunkIO | None
+
+
+_cache: OrderedDict[tuple[Any, ...], _Open] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+def _open(location: StoreLocation, mode: Literal["r", "r+"]) -> _Open:
+    key = (*location.key, mode)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    store = location.open_store(read_only=mode == "r")
+    array = zarr.open_array(store=store, path=location.path, mode=mode)
+    opened = _Open(array, chunk_io(array, store, location.path))
+    with _cache_lock:
+        _cache[key] = opened
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return opened
 
 
 def open_array(location: StoreLocation, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
@@ -161,19 +220,7 @@ def open_array(location: StoreLocation, mode: Literal["r", "r+"] = "r") -> zarr.
     Keeps at most :data:`CACHE_SIZE` arrays, dropping the least recently used,
     so a long-lived worker never holds an unbounded number open.
     """
-    key = (*location.key, mode)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    array = zarr.open_array(
-        store=location.open_store(read_only=mode == "r"), path=location.path, mode=mode
-    )
-    with _cache_lock:
-        _cache[key] = array
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return array
+    return _open(location, mode).array
 
 
 def clear_cache(location: StoreLocation | None = None) -> None:

@@ -24,6 +24,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from rechunker_core.blocks import Blocks
 from rechunker_core.executors.python import PythonExecutor
 from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.geometry import Region
@@ -202,11 +203,11 @@ class RecordingRef(ZarrRef):
 
     log: str = ""
 
-    def read(self, region: Region) -> np.ndarray[Any, Any]:
+    def read_into(self, region: Region, blocks: Blocks) -> None:
         EVENTS[self.log].append("read")
-        return super().read(region)
+        super().read_into(region, blocks)
 
-    def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
+    def write(self, region: Region, data: Blocks | np.ndarray[Any, Any]) -> None:
         super().write(region, data)
         EVENTS[self.log].append("write")
 

@@ -29,6 +29,7 @@ from rechunker_core.algorithm import (
     floor_sum,
     plan_layout,
 )
+from rechunker_core.chunkio import reading_memory, writing_memory
 from tests.helpers import ArrayFactory
 
 Shape = tuple[int, ...]
@@ -250,7 +251,9 @@ def test_coprime_chunks_rechunk_correctly(
     make_array: ArrayFactory, shape: Shape, source: Shape, target: Shape
 ) -> None:
     array = make_array(MemoryStore(), shape, source)
-    least = minimum_max_mem(shape, 8, source, target)
+    # The models rechunk() uses for memory stores.
+    models = {"source_memory": reading_memory(array), "memory": writing_memory(False, False)}
+    least = minimum_max_mem(shape, 8, source, target, **models)
     for max_mem in (least, 4 * least):
         result = rechunk(array, target, max_mem, MemoryStore(), temp_store=MemoryStore())
         assert all(all(c > 1 for c in ref.chunks) for ref in result.spec[0].intermediates), (

@@ -19,7 +19,8 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore, MemoryStore
 
 from rechunker_core import Rechunked, executors, options, rechunk
-from rechunker_core.algorithm import ExcessiveIOWarning, MemoryModel, plan_layout
+from rechunker_core.algorithm import ExcessiveIOWarning, plan_layout
+from rechunker_core.chunkio import writing_memory
 from rechunker_core.executors import BUILTIN_EXECUTORS, registered_executors
 from rechunker_core.executors.python import PythonExecutor
 from tests.helpers import (
@@ -44,7 +45,7 @@ def least_max_mem(source: Any, target_chunks: Any) -> int:
 
 
 def single_stage_least_max_mem(shape: tuple[int, ...], source: Any, target: Any) -> int:
-    memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
+    memory = writing_memory(local=False, sharded=False)  # memory stores, as the tests use
     with pytest.raises(ValueError) as info:
         plan_layout(shape, 4, source, target, 1, max_stages=1, memory=memory)
     found = re.search(r"max_mem >= (\d+) bytes", str(info.value))
@@ -181,13 +182,13 @@ def test_missing_temp_store_warns_when_one_stage_costs_much_more(
     shape, chunks, target_chunks = (120, 30, 60), (5, 30, 60), (120, 5, 5)
     source = make_array(MemoryStore(), shape, chunks, dtype="f4")
     with pytest.warns(ExcessiveIOWarning, match=r"decodes each source chunk 18\.0 times"):
-        result = rechunk(source, target_chunks, 800_000, MemoryStore())
+        result = rechunk(source, target_chunks, 1_250_000, MemoryStore())
     assert len(result.spec[0].stages) == 1
     npt.assert_array_equal(result.execute()[...], source[...])
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExcessiveIOWarning)
-        staged = rechunk(source, target_chunks, 800_000, MemoryStore(), temp_store=MemoryStore())
+        staged = rechunk(source, target_chunks, 1_250_000, MemoryStore(), temp_store=MemoryStore())
     assert len(staged.spec[0].stages) == 2
     npt.assert_array_equal(staged.execute()[...], source[...])
 

@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
-from rechunker_core.algorithm import MAX_LAYOUT_STAGES, MemoryModel, plan_layout
+from rechunker_core.algorithm import MAX_LAYOUT_STAGES, plan_layout
+from rechunker_core.chunkio import reading_memory, writing_memory
 from tests.helpers import ArrayFactory, snapshot
 
 Shape = tuple[int, ...]
@@ -89,7 +90,7 @@ def test_rechunk_reproduces_source(
     # The spec is the plan the planner makes for this geometry, and the plan
     # keeps every promise.
     itemsize = source.dtype.itemsize
-    memory = MemoryModel(concurrency=int(zarr.config.get("async.concurrency")))
+    # Memory stores everywhere: requests go many at once.
     plan = plan_layout(
         shape,
         itemsize,
@@ -97,7 +98,8 @@ def test_rechunk_reproduces_source(
         target_chunks,
         max_mem,
         max_stages=MAX_LAYOUT_STAGES if temp else 1,
-        memory=memory,
+        source_memory=reading_memory(source),
+        memory=writing_memory(local=False, sharded=False),
     )
     assert plan.peak_task_memory <= max_mem
     assert [s.task_chunks for s in plan.stages] == [s.task_chunks for s in spec.stages]

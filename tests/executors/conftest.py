@@ -20,7 +20,7 @@ def recorded(tmp_path: Path, make_array: ArrayFactory) -> Recorded:
     (spec,) = rechunk(
         source,
         (1, 37),
-        3000,
+        2500,
         str(tmp_path / "t.zarr"),
         temp_store=str(tmp_path / "tmp.zarr"),
         executor="python",

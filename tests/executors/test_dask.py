@@ -18,7 +18,7 @@ import zarr
 from zarr.storage import MemoryStore
 
 from rechunker_core import CopySpec, StagedCopySpec, rechunk
-from rechunker_core.executors.dask import DaskExecutor
+from rechunker_core.executors.dask import BARRIER_FAN_IN, MAX_GRAPH_NODES, DaskExecutor
 from rechunker_core.locations import StoreLocation
 from rechunker_core.storage import ZarrRef
 from tests.helpers import ArrayFactory, GroupFactory, Recorded, assert_same_array
@@ -37,13 +37,31 @@ def multi_stage(tmp_path: Path, make_array: ArrayFactory, name: str, **kwargs: A
     rechunked = rechunk(
         source,
         TARGET_CHUNKS,
-        3000,
+        2500,
         str(tmp_path / f"{name}-t.zarr"),
         temp_store=str(tmp_path / f"{name}-tmp.zarr"),
         executor=DaskExecutor(**kwargs),
     )
     assert len(rechunked.spec[0].stages) == 2
     return source, rechunked
+
+
+def _barrier_roots(graph: dict[Any, Any]) -> dict[tuple[int, int], Any]:
+    """(spec, stage) -> the root key of that stage's barrier tree."""
+    barriers = {k for k in graph if isinstance(k, tuple) and "barrier" in k[0]}
+    below = {d for k in barriers for d in graph[k].dependencies}
+    roots = {}
+    for key in barriers - below:
+        *_, s, k = key[0].split("-")
+        roots[(int(s), int(k))] = key
+    return roots
+
+
+def _leaves(graph: dict[Any, Any], key: Any) -> set[Any]:
+    """The copy nodes a barrier (sub)tree waits for."""
+    if "copy" in key[0]:
+        return {key}
+    return set().union(*(_leaves(graph, d) for d in graph[key].dependencies))
 
 
 def test_graph_has_one_task_per_copy_and_a_barrier_per_stage(
@@ -63,19 +81,20 @@ def test_graph_has_one_task_per_copy_and_a_barrier_per_stage(
     graph = dict(plan.__dask_graph__())
     assert all(isinstance(node, GraphNode) for node in graph.values())
     copies = {k: v for k, v in graph.items() if isinstance(k, tuple) and "copy" in k[0]}
-    barriers = {k: v for k, v in graph.items() if isinstance(k, tuple) and "barrier" in k[0]}
+    stages = {k: v for k, v in graph.items() if isinstance(k, tuple) and "stage" in k[0]}
     assert len(copies) == sum(spec.num_tasks for spec in specs)
-    assert sorted((s, k) for _, s, k in barriers) == sorted(
+    roots = _barrier_roots(graph)
+    assert sorted(roots) == sorted(
         (s, k) for s, spec in enumerate(specs) for k in range(len(spec.stages))
     )
     for (_, s, k, _), node in copies.items():
-        expected = {key for key in barriers if key[1:] == (s, k - 1)}
+        # The stage's data, and the whole previous stage of the same array: nothing else.
+        expected = {(next(iter(stages))[0], s, k)} | ({roots[(s, k - 1)]} if k else set())
         assert set(node.dependencies) == expected
-    for (_, s, k), node in barriers.items():
-        assert set(node.dependencies) == {key for key in copies if key[1:3] == (s, k)}
-    last = {key for key in barriers if key[2] == len(specs[key[1]].stages) - 1}
+    for (s, k), root in roots.items():
+        assert _leaves(graph, root) == {key for key in copies if key[1:3] == (s, k)}
+    last = {roots[(s, len(spec.stages) - 1)] for s, spec in enumerate(specs)}
     assert set(graph[plan.key].dependencies) == last
-    assert set(graph) == {*copies, *barriers, plan.key}
 
     dask.compute(plan, scheduler="sync")
     target = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
@@ -121,15 +140,32 @@ def test_batch_size(tmp_path: Path, make_array: ArrayFactory) -> None:
 
 
 def test_builds_a_large_graph(tmp_path: Path) -> None:
-    """10**5 tasks: every one in the graph (the benchmark times this)."""
+    """10**5 tasks asked for one by one: every one in the graph, under 64-way barriers."""
     n = 10**5
     refs = [
         ZarrRef(StoreLocation(str(tmp_path / name)), (n,), np.dtype("u1"), (1,), (1,))
         for name in ("a", "b")
     ]
     spec = StagedCopySpec((CopySpec(refs[0], refs[1], (1,)),))
-    plan = DaskExecutor(batch_size=1).prepare_plan([spec])
-    assert len(plan.__dask_graph__()) == n + 2
+    graph = dict(DaskExecutor(batch_size=1).prepare_plan([spec]).__dask_graph__())
+    assert sum(1 for k in graph if "copy" in k[0]) == n
+    assert max(len(node.dependencies) for node in graph.values()) <= BARRIER_FAN_IN
+
+
+def test_a_huge_plan_is_batched_to_a_bounded_graph(tmp_path: Path) -> None:
+    """10**7 copy tasks of 4 MiB each (metadata only: nothing runs) become about
+    10**5 nodes of 100 copy tasks."""
+    shape, task = (10**7, 2**22), (1, 2**22)
+    refs = [
+        ZarrRef(StoreLocation(str(tmp_path / name)), shape, np.dtype("u1"), task, task)
+        for name in ("a", "b")
+    ]
+    spec = StagedCopySpec((CopySpec(refs[0], refs[1], task),))
+    graph = dict(DaskExecutor().prepare_plan([spec]).__dask_graph__())
+    copies = [node for key, node in graph.items() if "copy" in key[0]]
+    assert len(copies) == MAX_GRAPH_NODES
+    assert len(graph) < 1.1 * MAX_GRAPH_NODES
+    assert max(len(node.dependencies) for node in graph.values()) <= BARRIER_FAN_IN
 
 
 def test_processes_refuse_in_memory_stores(make_array: ArrayFactory) -> None:

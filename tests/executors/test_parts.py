@@ -34,7 +34,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
     plan = tmp_path / "plan.json"
     done = run_cli_ok(
         "plan", tmp_path / "source.zarr",
-        "--target-chunks", "1,37", "--max-mem", "3000",
+        "--target-chunks", "1,37", "--max-mem", "2500",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
         "--save", plan, "--parts", 3,
     )  # fmt: skip

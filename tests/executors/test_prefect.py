@@ -11,12 +11,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.testing as npt
 import pytest
 from zarr.storage import MemoryStore
 
 from rechunker_core import StagedCopySpec, rechunk
+from rechunker_core.blocks import Blocks
 from rechunker_core.executors.prefect import PrefectExecutor
 from rechunker_core.geometry import Region
 from rechunker_core.spec import ArrayRef
@@ -50,13 +50,13 @@ class FailingOnce:
     chunks = property(lambda self: self.inner.chunks)
     read_chunks = property(lambda self: self.inner.read_chunks)
 
-    def read(self, region: Region) -> np.ndarray[Any, Any]:
+    def read_into(self, region: Region, blocks: Blocks) -> None:
         with self.lock:
             first = repr(region) not in self.failed
             self.failed.add(repr(region))
         if first:
             raise OSError(f"transient failure reading {region}")
-        return self.inner.read(region)
+        self.inner.read_into(region, blocks)
 
 
 def flaky_spec(tmp_path: Path, make_array: ArrayFactory) -> tuple[Any, StagedCopySpec]:
@@ -80,7 +80,7 @@ def test_task_runner_from_execute(tmp_path: Path, make_array: ArrayFactory) -> N
     from prefect.task_runners import ThreadPoolTaskRunner
 
     source = make_array(MemoryStore(), (41, 37), (41, 1), dtype="i4", fill_value=-1)
-    rechunked = rechunk(source, (1, 37), 3000, MemoryStore(), temp_store=MemoryStore(),
+    rechunked = rechunk(source, (1, 37), 2500, MemoryStore(), temp_store=MemoryStore(),
                         executor=PrefectExecutor(task_runner=ThreadPoolTaskRunner(3)))  # fmt: skip
     target = rechunked.execute(task_runner=ThreadPoolTaskRunner(max_workers=1))
     assert_same_array(target, source)  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from tests.helpers import (
 FORMATS = [2, 3]
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (41, 37), (41, 1), (1, 37)
 #: Small enough that (41, 1) -> (1, 37) needs intermediates.
-MULTI_STAGE_MEM = 3000
+MULTI_STAGE_MEM = 2500
 
 Places = Callable[[str], Any]
 

@@ -1,0 +1,530 @@
+"""Whole chunks in and out, in the calling thread: store API plus the array's codecs.
+
+zarr's synchronous ``array[region]`` gathers, decodes and scatters every chunk
+on one event-loop thread; with several task threads they mostly wait for it
+(docs/engines.md). Here each task thread fetches the encoded chunks itself,
+decodes them with numcodecs straight into the task's region buffer where a
+chunk is contiguous in it, and encodes and stores its write chunks itself.
+Buffers are reused across the tasks a thread runs, so fresh pages are not
+zeroed again and again.
+
+This is the only module that reaches inside zarr (the codec classes and
+metadata fields it reads, and ``zarr.core.sync``). :func:`chunk_io` returns
+``None`` for anything it does not know (sharding, transposes, variable-length
+types, unknown codecs, big-endian v3 data), and the caller then uses zarr's
+own ``array[region]`` path.
+
+Regions are tuples of slices with explicit starts and stops, and cover whole
+chunks along every dimension they do not span (see :mod:`rechunker_core.spec`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import numcodecs
+import numpy as np
+import zarr
+from numcodecs.abc import Codec
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from rechunker_core.algorithm import MemoryModel
+from rechunker_core.blocks import Blocks
+from rechunker_core.geometry import Region
+
+__all__ = [
+    "CONCURRENCY",
+    "REGIONS",
+    "SCRATCH",
+    "BufferPool",
+    "ChunkIO",
+    "all_fill",
+    "chunk_io",
+    "reading_memory",
+    "writing_memory",
+]
+
+#: Requests one task keeps in flight on stores other than local directories,
+#: so that object-store latency overlaps (local reads and writes go one by one).
+CONCURRENCY = 16
+
+#: dtype kinds whose chunks are plain fixed-size bytes.
+_FIXED_KINDS = frozenset("biufcmM")
+
+_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+# --------------------------------------------------------------------------
+# Codecs: bytes <-> one chunk
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """How one chunk is stored: its bytes in C order, through ``compressor`` if any."""
+
+    compressor: Codec | None = None
+
+    def decode_into(self, data: Any, out: np.ndarray[Any, Any]) -> None:
+        """Decode ``data`` into ``out``, a C-contiguous chunk-sized array."""
+        flat = out.reshape(-1).view(np.uint8)
+        if self.compressor is None:
+            flat[:] = np.frombuffer(data, np.uint8)
+        else:
+            self.compressor.decode(data, out=flat)
+
+    def encode(self, chunk: np.ndarray[Any, Any]) -> Any:
+        """Encode a C-contiguous chunk; returns a bytes-like object."""
+        if self.compressor is None:
+            return chunk.reshape(-1).view(np.uint8).data
+        return self.compressor.encode(chunk)
+
+
+def all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
+    """Whether every element of ``block`` is ``fill_value``, bit for bit (as zarr decides).
+
+    ``-0.0`` is not ``0.0``: both compare equal as numbers, but a chunk of
+    ``-0.0`` skipped as empty would read back as ``0.0``. Any NaN matches a
+    NaN fill value. Data chunks rarely start with the fill value, so the
+    first element settles most chunks without reading the rest.
+
+    >>> all_fill(np.array([np.nan, np.nan]), np.nan), all_fill(np.zeros(2), 1.0)
+    (True, False)
+    >>> all_fill(np.array([0.0, -0.0]), 0.0), all_fill(np.array([1.0, 2.0]), 1.0)
+    (False, False)
+    """
+    fill = np.asarray(fill_value, dtype=block.dtype)
+    if block.dtype.kind in "fc" and np.isnan(fill).any():
+        first = block.flat[:1]
+        if first.size and not np.array_equal(first[0], fill, equal_nan=True):
+            return False
+        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=True))
+    if block.dtype.hasobject or block.dtype.kind in "USV":
+        return bool(np.array_equal(block, np.broadcast_to(fill, block.shape)))
+    bits = np.dtype(f"V{block.dtype.itemsize}")
+    contiguous = np.ascontiguousarray(block)
+    fill_bits = fill.reshape(1).view(bits)[0]
+    if contiguous.size and contiguous.reshape(-1)[:1].view(bits)[0] != fill_bits:
+        return False
+    return bool((contiguous.reshape(-1).view(bits) == fill_bits).all())
+
+
+def _v3_compressor(config: dict[str, Any]) -> Codec | None:
+    """The numcodecs equivalent of a zarr v3 bytes-to-bytes codec, or None if unknown."""
+    name, options = config["name"], config.get("configuration", {})
+    if name == "blosc":
+        return numcodecs.Blosc(
+            cname=str(options["cname"]),
+            clevel=int(options["clevel"]),
+            shuffle=_SHUFFLE[str(options["shuffle"])],
+            blocksize=int(options.get("blocksize", 0)),
+            typesize=int(options["typesize"]),
+        )
+    if name == "zstd":
+        return numcodecs.Zstd(
+            level=int(options.get("level", 0)), checksum=bool(options.get("checksum"))
+        )
+    if name == "gzip":
+        return numcodecs.GZip(level=int(options.get("level", 5)))
+    return None
+
+
+def _v3_codec(array: zarr.Array[Any]) -> ChunkCodec | None:
+    configs: list[dict[str, Any]] = [
+        dict(codec.to_dict())  # type: ignore[arg-type]
+        for codec in array.metadata.codecs  # type: ignore[union-attr]
+    ]
+    if not configs or configs[0]["name"] != "bytes":
+        return None  # transpose, sharding, vlen strings, ...
+    endian = configs[0].get("configuration", {}).get("endian")
+    if endian not in (None, sys.byteorder):
+        return None
+    if len(configs) == 1:
+        return ChunkCodec()
+    compressor = _v3_compressor(configs[1]) if len(configs) == 2 else None
+    return None if compressor is None else ChunkCodec(compressor)
+
+
+def chunk_codec(array: zarr.Array[Any]) -> ChunkCodec | None:
+    """The codec chain of ``array``'s chunks, if this module handles it."""
+    if array.shards is not None or np.dtype(array.dtype).kind not in _FIXED_KINDS:
+        return None
+    if array.metadata.zarr_format == 2:
+        metadata: Any = array.metadata
+        if metadata.order != "C" or metadata.filters:
+            return None
+        return ChunkCodec(compressor=metadata.compressor)
+    if array.config.order != "C":
+        return None
+    return _v3_codec(array)
+
+
+# --------------------------------------------------------------------------
+# Buffers reused across tasks
+# --------------------------------------------------------------------------
+
+
+class BufferPool:
+    """Memory reused from one task to the next, given back to the system when idle.
+
+    Filling memory already touched runs two to three times as fast as filling
+    fresh pages, which the kernel must zero first (docs/engines.md), and a
+    stage asks for the same few sizes again and again. :meth:`take` hands out
+    a returned buffer only if it is the size asked for (within
+    :data:`SLACK` bytes), so a task never holds more than the planner's memory
+    model counts for it; when none is, the returned buffers belong to sizes no
+    longer asked for and are dropped. Buffers nobody took for
+    :data:`IDLE_SECONDS` are dropped too, so an idle process holds nothing.
+    """
+
+    #: How long a returned buffer is kept for another task.
+    IDLE_SECONDS = 2.0
+    #: How much larger than asked for a reused buffer may be.
+    SLACK = 64 * 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[tuple[float, np.ndarray[Any, Any]]] = []
+        self._timer: threading.Timer | None = None
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        """A C-contiguous, uninitialised array of ``shape`` and ``dtype``."""
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        with self._lock:
+            fits = [
+                i
+                for i, (_, b) in enumerate(self._free)
+                if nbytes <= b.nbytes <= nbytes + self.SLACK
+            ]
+            buffer = self._free.pop(fits[0])[1] if fits else None
+            if buffer is None:
+                self._free.clear()  # freed before the new buffer is made
+        if buffer is None:
+            buffer = np.empty(nbytes, np.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def give(self, array: np.ndarray[Any, Any]) -> None:
+        """Return an array :meth:`take` handed out."""
+        base = array
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        with self._lock:
+            self._free.append((time.monotonic(), base))
+            if self._timer is None:
+                self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._timer = threading.Timer(self.IDLE_SECONDS, self._trim)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _trim(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._free = [(t, b) for t, b in self._free if now - t < self.IDLE_SECONDS]
+            self._timer = None
+            if self._free:
+                self._start_timer()
+
+    def clear(self) -> None:
+        """Drop every free buffer now."""
+        with self._lock:
+            self._free.clear()
+
+    @property
+    def held(self) -> int:
+        """Bytes of free buffers held."""
+        with self._lock:
+            return sum(b.nbytes for _, b in self._free)
+
+
+#: The process's pools: one for task regions, one for scratch chunks, so each
+#: sees one size per stage.
+REGIONS = BufferPool()
+SCRATCH = BufferPool()
+
+
+# --------------------------------------------------------------------------
+# Where chunks are stored
+# --------------------------------------------------------------------------
+
+
+class _LocalChunks:
+    """Chunk files in a local directory: plain reads, atomic writes (temp file + rename).
+
+    A chunk file is complete or absent: a task killed mid-write leaves only a
+    hidden ``.partial`` file, never a torn chunk.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: set[Path] = set()
+
+    def read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
+        """Read the raw chunk ``key`` into the C-contiguous ``out``; False if absent."""
+        view = out.reshape(-1).view(np.uint8).data
+        try:
+            with open(self.root / key, "rb", buffering=0) as file:
+                got = file.readinto(view)
+        except FileNotFoundError:
+            return False
+        if got != len(view):
+            raise OSError(f"chunk {self.root / key} holds {got} bytes, not {len(view)}")
+        return True
+
+    def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
+        """``(index, bytes or None)`` for each key, in order."""
+        for i, key in enumerate(keys):
+            try:
+                yield i, (self.root / key).read_bytes()
+            except FileNotFoundError:
+                yield i, None
+
+    def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
+        """Store each ``(key, bytes-like)``, one after another."""
+        for key, data in items:
+            path = self.root / key
+            if path.parent not in self._made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(path.parent)
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+            try:
+                with open(partial, "wb", buffering=0) as file:
+                    view = memoryview(data).cast("B")
+                    while view:
+                        view = view[file.write(view) :]
+                os.replace(partial, path)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+
+    def exists(self, key: str) -> bool:
+        """Whether chunk ``key`` is stored."""
+        return (self.root / key).is_file()
+
+
+class _StoreChunks:
+    """Chunks of any other zarr store, through its async API, many requests at once."""
+
+    def __init__(self, store: Store, path: str, concurrency: int) -> None:
+        self.store = store
+        self.prefix = f"{path}/" if path else ""
+        self.concurrency = concurrency
+
+    def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
+        """``(index, bytes or None)`` for each key, fetched :data:`CONCURRENCY` at a time."""
+        prototype = default_buffer_prototype()
+
+        async def fetch(group: Sequence[str]) -> list[Any]:
+            gets = (self.store.get(self.prefix + key, prototype) for key in group)
+            return list(await asyncio.gather(*gets))
+
+        for start in range(0, len(keys), self.concurrency):
+            group = keys[start : start + self.concurrency]
+            for offset, buffer in enumerate(sync(fetch(group))):
+                yield start + offset, None if buffer is None else buffer.as_numpy_array()
+
+    def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
+        """Store each ``(key, bytes-like)``, :data:`CONCURRENCY` at a time."""
+        prototype = default_buffer_prototype()
+
+        async def put(group: list[tuple[str, bytes]]) -> None:
+            sets = (
+                self.store.set(self.prefix + k, prototype.buffer.from_bytes(d)) for k, d in group
+            )
+            await asyncio.gather(*sets)
+
+        group: list[tuple[str, bytes]] = []
+        for key, data in items:
+            group.append((key, bytes(data)))  # a copy: the chunk buffer is reused next
+            if len(group) >= self.concurrency:
+                sync(put(group))
+                group = []
+        if group:
+            sync(put(group))
+
+    def exists(self, key: str) -> bool:
+        """Whether chunk ``key`` is stored."""
+        return bool(sync(self.store.exists(self.prefix + key)))
+
+
+def _chunks_of(store: Store, path: str) -> _LocalChunks | _StoreChunks:
+    if _local(store):
+        root = Path(str(store.root))
+        return _LocalChunks(root / path if path else root)
+    return _StoreChunks(store, path, CONCURRENCY)
+
+
+# --------------------------------------------------------------------------
+# One array
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """The part of one chunk a region holds."""
+
+    coords: tuple[int, ...]
+    in_region: Region  # where it sits in the region buffer
+    in_chunk: Region  # where it sits in the (full-size) chunk
+    whole: bool  # the region holds the whole chunk
+
+
+def _pieces(region: Region, chunks: tuple[int, ...], shape: tuple[int, ...]) -> Iterator[_Piece]:
+    """Every chunk ``region`` touches, in C order, and where the two overlap.
+
+    >>> [p.coords for p in _pieces((slice(2, 6),), (4,), (10,))]
+    [(0,), (1,)]
+    >>> next(_pieces((slice(2, 6),), (4,), (10,))).in_chunk
+    (slice(2, 4, None),)
+    """
+    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks, strict=True)]
+    for coords in product(*ranges):
+        in_region, in_chunk, whole = [], [], True
+        for i, r, c, n in zip(coords, region, chunks, shape, strict=True):
+            lo, hi = max(i * c, r.start), min((i + 1) * c, r.stop, n)
+            in_region.append(slice(lo - r.start, hi - r.start))
+            in_chunk.append(slice(lo - i * c, hi - i * c))
+            whole = whole and lo == i * c and hi == (i + 1) * c
+        yield _Piece(coords, tuple(in_region), tuple(in_chunk), whole)
+
+
+class ChunkIO:
+    """Reads and writes whole chunks of one zarr array (see the module docstring).
+
+    Parameters
+    ----------
+    array : zarr.Array
+        Opened from ``store`` at ``path``.
+    codec : ChunkCodec
+        From :func:`chunk_codec`.
+    """
+
+    def __init__(self, array: zarr.Array[Any], codec: ChunkCodec, store: Store, path: str) -> None:
+        self.codec = codec
+        self.shape = tuple(array.shape)
+        self.chunks = tuple(array.chunks)
+        self.dtype = np.dtype(array.dtype)
+        self.fill_value = array.fill_value
+        self.skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
+        self._key: Callable[[tuple[int, ...]], str] = array.metadata.encode_chunk_key
+        self._store = _chunks_of(store, path)
+
+    @property
+    def _fill(self) -> Any:
+        return 0 if self.fill_value is None else self.fill_value
+
+    def read_into(self, region: Region, blocks: Blocks) -> None:
+        """Fill ``blocks`` with the values in ``region``, chunk by chunk.
+
+        A chunk that is one contiguous run of a block is decoded (or, stored
+        raw on a local disk, read) straight into it; any other is decoded into
+        a scratch chunk and copied into the blocks it spans.
+        """
+        pieces = list(_pieces(region, self.chunks, self.shape))
+        scratch = SCRATCH.take(self.chunks, self.dtype)
+        try:
+            if self.codec.compressor is None and isinstance(self._store, _LocalChunks):
+                self._read_raw(pieces, blocks, scratch, self._store)
+            else:
+                self._read_encoded(pieces, blocks, scratch)
+        finally:
+            SCRATCH.give(scratch)
+
+    def _read_raw(
+        self,
+        pieces: list[_Piece],
+        blocks: Blocks,
+        scratch: np.ndarray[Any, Any],
+        store: _LocalChunks,
+    ) -> None:
+        for piece in pieces:
+            direct = blocks.view(piece.in_region) if piece.whole else None
+            if not store.read_into(self._key(piece.coords), scratch if direct is None else direct):
+                blocks.assign(piece.in_region, self._fill)
+            elif direct is None:
+                blocks.assign(piece.in_region, scratch[piece.in_chunk])
+
+    def _read_encoded(
+        self, pieces: list[_Piece], blocks: Blocks, scratch: np.ndarray[Any, Any]
+    ) -> None:
+        keys = [self._key(p.coords) for p in pieces]
+        for i, data in self._store.read_many(keys):
+            piece = pieces[i]
+            direct = blocks.view(piece.in_region) if piece.whole else None
+            if data is None:
+                blocks.assign(piece.in_region, self._fill)
+            elif direct is not None:
+                self.codec.decode_into(data, direct)
+            else:
+                self.codec.decode_into(data, scratch)
+                blocks.assign(piece.in_region, scratch[piece.in_chunk])
+
+    def write_blocks(self, region: Region, blocks: Blocks) -> None:
+        """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk."""
+        assert blocks.chunks == self.chunks
+        blocks.fill_padding(self._fill)
+        self._store.write_many(self._encoded(region, blocks))
+
+    def _encoded(self, region: Region, blocks: Blocks) -> Iterator[tuple[str, Any]]:
+        """Each chunk's key and encoded bytes, lazily: a store pulls the next chunk
+        when it has room for it."""
+        origin = [s.start // c for s, c in zip(region, self.chunks, strict=True)]
+        for index, _, _ in blocks.pieces():
+            block = blocks.block(index)
+            if self.skip_empty and all_fill(block, self.fill_value):
+                continue
+            coords = tuple(o + i for o, i in zip(origin, index, strict=True))
+            yield self._key(coords), self.codec.encode(block)
+
+    def any_stored(self, region: Region) -> bool:
+        """Whether any chunk ``region`` touches is stored (else it reads as the fill value)."""
+        pieces = _pieces(region, self.chunks, self.shape)
+        return any(self._store.exists(self._key(p.coords)) for p in pieces)
+
+    def omits(self, fill_value: Any) -> bool:
+        """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""
+        if not self.skip_empty:
+            return False
+        return all_fill(np.asarray(fill_value, self.dtype).reshape(1), self.fill_value)
+
+
+def _local(store: Store) -> TypeGuard[LocalStore]:
+    """Whether chunks of ``store`` are plain files here (not wrapped: a wrapper adds behaviour)."""
+    return type(store) is LocalStore
+
+
+def reading_memory(array: zarr.Array[Any]) -> MemoryModel:
+    """What reading ``array`` costs a task in memory (see :class:`MemoryModel`)."""
+    if chunk_codec(array) is None:  # zarr's own path: a new array, many chunks at once
+        return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=1)
+    return MemoryModel() if _local(array.store) else MemoryModel(concurrency=CONCURRENCY)
+
+
+def writing_memory(local: bool, sharded: bool) -> MemoryModel:
+    """What reading or writing an array we create costs a task in memory.
+
+    ``local``: it lives in a local directory; ``sharded``: it is written shard
+    by shard through zarr's own path.
+    """
+    return MemoryModel() if local or sharded else MemoryModel(concurrency=CONCURRENCY)
+
+
+def chunk_io(array: zarr.Array[Any], store: Store, path: str) -> ChunkIO | None:
+    """A :class:`ChunkIO` for ``array`` (opened from ``store`` at ``path``), or None
+    when this module does not handle its layout and zarr's own path must be used."""
+    codec = chunk_codec(array)
+    return None if codec is None else ChunkIO(array, codec, store, path)

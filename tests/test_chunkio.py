@@ -1,0 +1,282 @@
+"""Tests for ``rechunker_core.chunkio`` and ``rechunker_core.blocks``: whole-chunk I/O
+outside zarr's event loop, checked against zarr's own reads and writes."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import numpy.testing as npt
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, TransposeCodec, ZstdCodec
+from zarr.storage import LocalStore, MemoryStore, WrapperStore
+
+from rechunker_core import chunkio, rechunk
+from rechunker_core.blocks import Blocks
+from rechunker_core.chunkio import BufferPool, chunk_codec
+from rechunker_core.locations import StoreLocation
+from rechunker_core.storage import ZarrRef, clear_cache
+from tests.helpers import sample_data
+
+SHAPE, CHUNKS = (23, 17, 9), (5, 4, 9)
+
+#: (zarr_format, compressors) pairs the fast path handles.
+CODECS = [
+    (2, None),
+    (2, numcodecs.Blosc(cname="lz4", clevel=5, shuffle=1)),
+    (2, numcodecs.Zstd(level=1)),
+    (3, None),
+    (3, BloscCodec(cname="lz4", shuffle="shuffle")),
+    (3, ZstdCodec(level=1)),
+    (3, GzipCodec(level=1)),
+]
+
+
+class Counting(WrapperStore[Any]):
+    """Counts the chunk requests that reach the wrapped store."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.gets = self.sets = 0
+
+    async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        self.gets += 1
+        return await self._store.get(key, *args, **kwargs)
+
+    async def set(self, key: str, value: Any) -> None:
+        self.sets += 1
+        await self._store.set(key, value)
+
+
+def _array(store: Any, fmt: int, compressors: Any, dtype: str = "f4", **kwargs: Any) -> Any:
+    return zarr.create_array(
+        store, shape=SHAPE, chunks=CHUNKS, dtype=dtype, zarr_format=fmt,
+        compressors=compressors, **kwargs,
+    )  # fmt: skip
+
+
+def _ref(store: Any, array: Any) -> ZarrRef:
+    return ZarrRef.from_array(array, StoreLocation(store))
+
+
+REGIONS = [
+    (slice(0, 23), slice(0, 17), slice(0, 9)),  # everything, edge chunks included
+    (slice(5, 15), slice(4, 12), slice(0, 9)),  # whole chunks in the middle
+    (slice(3, 21), slice(1, 16), slice(2, 7)),  # parts of chunks
+    (slice(20, 23), slice(16, 17), slice(8, 9)),  # the corner
+]
+
+
+@pytest.mark.parametrize(("fmt", "compressors"), CODECS)
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_reads_match_zarr(tmp_path: Path, fmt: int, compressors: Any, kind: str) -> None:
+    store: Any = LocalStore(str(tmp_path / "a.zarr")) if kind == "local" else MemoryStore()
+    array = _array(store, fmt, compressors, fill_value=-7.5)
+    data = sample_data(SHAPE, "f4")
+    array[:, :10] = data[:, :10]  # chunks at y >= 12 stay missing: fill value
+    assert chunk_codec(array) is not None
+    ref = _ref(store, array)
+    for region, block_chunks in itertools.product(REGIONS, [(5, 4, 9), (2, 3, 5), (23, 17, 9)]):
+        shape = tuple(s.stop - s.start for s in region)
+        blocks = Blocks(region, block_chunks, np.empty(10**6, np.uint8), np.dtype("f4"))
+        ref.read_into(region, blocks)
+        out = blocks.gather(tuple(slice(0, n) for n in shape), np.empty(shape, "f4"))
+        npt.assert_array_equal(out, array[region])
+    clear_cache()
+
+
+@pytest.mark.parametrize(("fmt", "compressors"), CODECS)
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_writes_are_what_zarr_writes(tmp_path: Path, fmt: int, compressors: Any, kind: str) -> None:
+    def store(name: str) -> Any:
+        return LocalStore(str(tmp_path / name)) if kind == "local" else MemoryStore()
+
+    data = sample_data(SHAPE, "f4")
+    data[5:10] = -7.5  # a slab of fill values: chunks zarr does not store
+    ours_store, theirs_store = store("ours.zarr"), store("theirs.zarr")
+    ours = _array(ours_store, fmt, compressors, fill_value=-7.5)
+    theirs = _array(theirs_store, fmt, compressors, fill_value=-7.5)
+    theirs[...] = data
+    ref = _ref(ours_store, ours)
+    for region in [
+        (slice(0, 10), slice(0, 17), slice(0, 9)),
+        (slice(10, 23), slice(0, 17), slice(0, 9)),
+    ]:
+        ref.write(region, data[region])
+    again = zarr.open_array(ours_store, mode="r")
+    npt.assert_array_equal(again[...], data)
+    assert again.nchunks_initialized == theirs.nchunks_initialized < again.nchunks
+    clear_cache()
+
+
+def test_write_empty_chunks_is_respected() -> None:
+    store = MemoryStore()
+    array = _array(store, 3, None, fill_value=0.0)
+    with zarr.config.set({"array.write_empty_chunks": True}):  # as zarr reads it: at open
+        _ref(store, array).write(tuple(slice(0, n) for n in SHAPE), np.zeros(SHAPE, "f4"))
+    assert zarr.open_array(store, mode="r").nchunks_initialized == array.nchunks
+    clear_cache()
+
+
+def test_minus_zero_is_not_skipped_as_empty() -> None:
+    store = MemoryStore()
+    array = _array(store, 3, None, fill_value=0.0)
+    region = tuple(slice(0, n) for n in SHAPE)
+    _ref(store, array).write(region, np.full(SHAPE, -0.0, "f4"))
+    assert np.signbit(zarr.open_array(store, mode="r")[...]).all()
+    clear_cache()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        (3, {"shards": (10, 8, 9)}),
+        (3, {"serializer": BytesCodec(), "filters": [TransposeCodec(order=(2, 1, 0))]}),
+        (3, {"serializer": BytesCodec(endian="big")}),
+        (2, {"filters": [numcodecs.Delta(dtype="f4")]}),
+        (2, {"order": "F"}),
+        (3, {"dtype": "U3"}),
+    ],
+)
+def test_layouts_it_does_not_handle_use_zarr(fmt: int, options: dict[str, Any]) -> None:
+    store = MemoryStore()
+    dtype = options.pop("dtype", "f4")
+    order = options.pop("order", None)
+    array = zarr.create_array(
+        store, shape=SHAPE, chunks=CHUNKS, dtype=dtype, zarr_format=fmt,
+        **({"order": order} if order else {}), **options,
+    )  # fmt: skip
+    assert chunk_codec(array) is None
+    data = sample_data(SHAPE, dtype)
+    region = tuple(slice(0, n) for n in SHAPE)
+    ref = _ref(store, array)
+    ref.write(region, data)  # through zarr's own path
+    npt.assert_array_equal(ref.read(region), data)
+    clear_cache()
+
+
+@pytest.mark.parametrize("dtype", ["i1", "u2", "i8", "f8", "c8", "?", "M8[s]", ">i4"])
+def test_dtypes(dtype: str) -> None:
+    fmt = 2 if dtype.startswith(">") else 3
+    store = MemoryStore()
+    array = _array(store, fmt, None, dtype=dtype)
+    data = sample_data(SHAPE, "i8").astype(dtype)
+    region = tuple(slice(0, n) for n in SHAPE)
+    _ref(store, array).write(region, data)
+    npt.assert_array_equal(zarr.open_array(store, mode="r")[...], data)
+    npt.assert_array_equal(
+        _ref(store, array).read((slice(2, 9), slice(3, 5), slice(0, 9))), data[2:9, 3:5]
+    )
+    clear_cache()
+
+
+def test_requests_to_other_stores_go_many_at_once(tmp_path: Path) -> None:
+    class Slow(Counting):
+        """Adds latency; counts how many requests overlap."""
+
+        def __init__(self, store: Any) -> None:
+            super().__init__(store)
+            self.now = self.most = 0
+
+        async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
+            self.now += 1
+            self.most = max(self.most, self.now)
+            await asyncio.sleep(0.01)
+            self.now -= 1
+            return await super().get(key, *args, **kwargs)
+
+    inner = LocalStore(str(tmp_path / "a.zarr"))
+    array = zarr.create_array(inner, shape=(40, 40), chunks=(2, 40), dtype="f4")
+    array[...] = sample_data((40, 40), "f4")
+    slow = Slow(inner)
+    ref = ZarrRef.from_array(zarr.open_array(slow, mode="r"), StoreLocation(slow))
+    npt.assert_array_equal(ref.read((slice(0, 40), slice(0, 40))), array[...])
+    assert slow.gets == 20
+    assert slow.most == min(20, chunkio.CONCURRENCY)
+    clear_cache()
+
+
+def test_local_writes_leave_no_partial_files(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "a.zarr"))
+    array = _array(store, 3, None)
+    region = tuple(slice(0, n) for n in SHAPE)
+    _ref(store, array).write(region, sample_data(SHAPE, "f4"))
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.endswith(".partial")]
+    clear_cache()
+
+
+def test_rechunk_reuses_buffers_and_copies_exactly(tmp_path: Path) -> None:
+    source = zarr.create_array(str(tmp_path / "s.zarr"), shape=(96, 30, 40), chunks=(4, 30, 40),
+                               dtype="f4", compressors=BloscCodec(cname="lz4"))  # fmt: skip
+    source[...] = sample_data((96, 30, 40), "f4")
+    rechunked = rechunk(source, (96, 5, 5), "2MB", str(tmp_path / "t.zarr"),
+                        temp_store=str(tmp_path / "tmp.zarr"))  # fmt: skip
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+    assert chunkio.REGIONS.held > 0 and chunkio.SCRATCH.held > 0  # kept for the next task...
+    time.sleep(2.5 * BufferPool.IDLE_SECONDS)
+    assert chunkio.REGIONS.held == chunkio.SCRATCH.held == 0  # ...and given back once idle
+
+
+def test_buffer_pool_hands_out_distinct_buffers() -> None:
+    pool = BufferPool()
+    a = pool.take((100,), np.dtype("f8"))
+    b = pool.take((100,), np.dtype("f8"))
+    assert not np.shares_memory(a, b)
+    pool.give(a)
+    c = pool.take((20, 5), np.dtype("f8"))
+    assert np.shares_memory(a, c)  # the same size: reused
+    pool.give(b)
+    pool.give(c)
+    assert pool.held == 1600
+    d = pool.take((10**5,), np.dtype("f8"))  # a size nobody returned: the others are dropped
+    assert pool.held == 0 and not np.shares_memory(d, a)
+    pool.give(d)
+    pool.clear()
+    assert pool.held == 0
+
+
+def test_buffer_pool_is_safe_across_threads() -> None:
+    pool, errors = BufferPool(), []
+
+    def work(value: int) -> None:
+        for _ in range(200):
+            buffer = pool.take((1000,), np.dtype("i8"))
+            buffer[...] = value
+            if not (buffer == value).all():
+                errors.append(value)
+            pool.give(buffer)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_blocks_round_trip_and_padding() -> None:
+    region = (slice(4, 11), slice(0, 5))  # 7 x 5, blocks 3 x 2: edge blocks padded
+    blocks = Blocks(
+        region,
+        (3, 2),
+        np.empty(Blocks.nbytes(region, (3, 2), np.dtype("i4")), np.uint8),
+        np.dtype("i4"),
+    )
+    data = np.arange(35, dtype="i4").reshape(7, 5)
+    blocks.assign((slice(0, 7), slice(0, 5)), data)
+    blocks.fill_padding(-1)
+    npt.assert_array_equal(blocks.gather((slice(0, 7), slice(0, 5)), np.empty((7, 5), "i4")), data)
+    npt.assert_array_equal(blocks.block((2, 2)), [[34, -1], [-1, -1], [-1, -1]])
+    assert blocks.view((slice(3, 6), slice(2, 4))) is not None  # exactly block (1, 1)
+    assert blocks.view((slice(3, 5), slice(2, 4))) is not None  # leading rows of it
+    assert blocks.view((slice(3, 6), slice(2, 3))) is None  # a column: not contiguous
+    assert blocks.view((slice(2, 4), slice(0, 2))) is None  # spans two blocks

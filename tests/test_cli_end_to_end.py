@@ -72,7 +72,7 @@ def test_module_version_and_plain_help() -> None:
 def test_target_and_temp_options(tmp_path: Path, source: Path) -> None:
     target, temp = tmp_path / "t.zarr", tmp_path / "tmp.zarr"
     done = run_cli_ok(
-        "run", source, target, "--target-chunks", "1,-1", "--max-mem", "3kB", "--temp", temp,
+        "run", source, target, "--target-chunks", "1,-1", "--max-mem", "2500", "--temp", temp,
         "--target-option", "zarr_format=2", "--target-option", "compressors=blosc-lz4",
         "--target-option", "fill_value=nan", "--temp-option", "compressors=zstd:1",
         "--keep-temp", "--workers", "2",
@@ -122,7 +122,7 @@ def test_a_running_dask_scheduler(tmp_path: Path, source: Path, dask_client: Any
     target = tmp_path / "t.zarr"
     address = dask_client.scheduler.address
     run_cli_ok(
-        "run", source, target, "--target-chunks", "1,-1", "--max-mem", "3kB",
+        "run", source, target, "--target-chunks", "1,-1", "--max-mem", "2500",
         "--temp", tmp_path / "tmp.zarr", "--executor", "dask", "--scheduler", address,
     )  # fmt: skip
     assert_same_array(zarr.open_array(str(target)), zarr.open_array(str(source)))
@@ -196,7 +196,7 @@ def test_run_in_a_terminal_shows_bars(tmp_path: Path, source: Path) -> None:
     """stderr a terminal (a pty): the bars appear by default, one per stage."""
     controller, terminal = pty.openpty()
     command = [sys.executable, "-m", "rechunker_core", "run", str(source), str(tmp_path / "t")]
-    command += ["--target-chunks", "1,-1", "--max-mem", "3kB", "--temp", str(tmp_path / "tmp")]
+    command += ["--target-chunks", "1,-1", "--max-mem", "2500", "--temp", str(tmp_path / "tmp")]
     with subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal
     ) as run:

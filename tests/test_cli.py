@@ -108,7 +108,6 @@ BAD_ARGS = [
     (["--target-chunks", "1,x", "--max-mem", "1MB"], "--target-chunks"),
     (["--target-chunks", "1,36", "--max-mem", "lots"], "max_mem='lots' is not a size"),
     (["--target-chunks", "1,36", "--max-mem", "100"], "too small"),
-    (["--target-chunks", "1,36", "--max-mem", "500"], "pass --temp"),
     (["--target-chunks", "1,36", "--max-mem", "1MB", "--executor", "nope"], "unknown executor"),
     (["--max-mem", "1MB"], "required: --target-chunks"),
     (["--target-chunks", "1,36", "--target-option", "compressor=zstd"], "did you mean"),
@@ -177,6 +176,18 @@ def test_subprocess_run_and_bad_input(tmp_path: Path, source_path: Path) -> None
     npt.assert_array_equal(
         zarr.open_array(str(target))[...], zarr.open_array(str(source_path))[...]
     )
+
+
+def test_run_without_temp_uses_a_scratch_directory(
+    tmp_path: Path, source_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "target.zarr"
+    argv = ["run", str(source_path), str(target), "--target-chunks", "1,36", "--max-mem", "500"]
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"intermediates: in {target}.rechunk-temp, a scratch directory" in out
+    assert_same_array(zarr.open_array(str(target)), zarr.open_array(str(source_path)))
+    assert not Path(f"{target}.rechunk-temp").exists()
 
 
 def test_every_option_is_in_the_cli_reference() -> None:

@@ -1,8 +1,10 @@
 # Two commands set up everything on a fresh machine with Python 3.11+:
 #   make demo   - create .venv, install, rechunk a ~500 MB sample array
-#   make test   - create .venv, install test extras, lint, type-check, run the suite;
+#   make test   - create .venv, install test extras, lint, type-check, build the docs, run the suite;
 #                 then run the suite again on Python 3.13 with the newest releases
 #                 of every dependency (.venv-newest), when a 3.13 interpreter exists
+#   make docs   - build the documentation site into site/ (mkdocs --strict)
+#   make clean  - remove the venvs, demo-data and caches
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,7 +18,7 @@ PYTHON_NEWEST ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/p
 VENV_NEWEST := .venv-newest
 BIN_NEWEST := $(VENV_NEWEST)/bin
 
-.PHONY: demo demo-newest test suite suite-newest lint clean
+.PHONY: demo demo-newest test suite suite-newest lint docs clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,7 @@ $(VENV)/.installed-base: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e .
 	touch $@
 
+# The test extra includes the docs and bench extras: make test builds the docs.
 $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e ".[test]"
 	touch $@ $(VENV)/.installed-base
@@ -48,10 +51,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/typecheck.py
 
+# --strict: a broken link or a stale API reference fails the build.
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 # The two suites run at once, each printing its output when it ends: either
 # keeps one core busy only part of the time (it waits on subprocesses, servers
 # and I/O), so on 2 cores together they take much less than one after the other.
-test: lint
+test: lint docs
 	@echo "running the suite on $(VENV) and, with Python 3.13, on the newest releases" \
 	      "($(VENV_NEWEST)) at once; each one's output follows when it ends"
 	@$(MAKE) --no-print-directory -j2 --output-sync=target suite suite-newest
@@ -69,5 +76,5 @@ else
 endif
 
 clean:
-	rm -rf $(VENV) $(VENV_NEWEST) demo-data .pytest_cache .pytest_cache-newest .mypy_cache \
+	rm -rf $(VENV) $(VENV_NEWEST) demo-data site .pytest_cache .pytest_cache-newest .mypy_cache \
 	      .hypothesis

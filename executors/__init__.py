@@ -61,8 +61,13 @@ class Executor(Protocol[T]):
         """Return the engine's delayed object for ``specs``."""
         ...
 
-    def execute_plan(self, plan: T, **kwargs: Any) -> None:
-        """Run a plan made by :meth:`prepare_plan`."""
+    def execute_plan(self, plan: T, *args: Any, **kwargs: Any) -> None:
+        """Run a plan made by :meth:`prepare_plan`.
+
+        Keyword arguments are the executor's own run options.
+        :meth:`rechunker_core.Rechunked.execute` passes ``progress=``, a
+        :class:`rechunker_core.copy.Tracker`, when the method accepts it.
+        """
         ...
 
 

@@ -19,7 +19,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from rechunker_core.copy import Batch, Round, finish, rounds, run_batch
+from rechunker_core.copy import (
+    Batch,
+    Round,
+    Tracker,
+    finish,
+    listening,
+    new_token,
+    report,
+    rounds,
+    run_batch,
+)
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -62,14 +72,22 @@ class BeamExecutor:
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a ``Rechunk`` transform (a ``beam.PTransform``) for ``specs``."""
         import_engine("apache_beam", "beam")
-        return _rechunk_class()(tuple(specs))
+        return _rechunk_class()(tuple(specs), new_token())
 
     def execute_plan(
-        self, plan: Any, options: Any | Mapping[str, Any] | None = None, runner: Any | None = None
+        self,
+        plan: Any,
+        options: Any | Mapping[str, Any] | None = None,
+        runner: Any | None = None,
+        progress: Tracker | None = None,
     ) -> None:
         """Apply ``plan`` to a new pipeline, run it and wait for it to finish.
 
         ``options`` and ``runner`` override those given to the executor.
+        ``progress`` hears of each batch when the workers run on this machine
+        (the DirectRunner, in every ``direct_running_mode``): from this
+        process directly, from worker processes through a feed file
+        (:meth:`rechunker_core.copy.Tracker.listening`).
 
         Raises
         ------
@@ -84,8 +102,9 @@ class BeamExecutor:
             options=_pipeline_options(options if options is not None else self.options),
         )
         # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
-        _ = pipeline | _rechunk_class()(plan.specs)
-        state = pipeline.run().wait_until_finish()
+        _ = pipeline | _rechunk_class()(plan.specs, plan.token)
+        with listening(progress, plan.token):
+            state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the rechunk pipeline ended in state {state}")
 
@@ -112,9 +131,10 @@ def _rechunk_class() -> type:
         PCollection holding one ``None`` once everything is done.
         """
 
-        def __init__(self, specs: tuple[StagedCopySpec, ...]) -> None:
+        def __init__(self, specs: tuple[StagedCopySpec, ...], token: str | None = None) -> None:
             super().__init__(label="Rechunk")
             self.specs = specs
+            self.token = token  # names the run's progress reports
 
         def expand(self, pbegin: Any) -> Any:
             seed = pbegin | "Seed" >> beam.Create([None])
@@ -125,7 +145,7 @@ def _rechunk_class() -> type:
                     seed
                     | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
                     | f"Stage {k}: spread" >> beam.Reshuffle()
-                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_)
+                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_, self.token)
                     | f"Stage {k}: barrier" >> beam.CombineGlobally(sum)
                 )
                 barrier = [AsSingleton(done)]
@@ -153,9 +173,11 @@ def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[i
         yield round_.stages.index(batch.stage), batch.tasks.start, batch.tasks.stop
 
 
-def _copy_batch(element: tuple[int, int, int], round_: Round) -> int:
+def _copy_batch(element: tuple[int, int, int], round_: Round, token: str | None = None) -> int:
     index, start, stop = element
-    return run_batch(Batch(round_.stages[index], range(start, stop)))
+    copied = run_batch(Batch(round_.stages[index], range(start, stop)))
+    report(token, round_.number, copied)
+    return copied
 
 
 def _finish(seed: None, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:

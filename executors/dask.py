@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from rechunker_core.copy import Batch, Round, finish, least_batch_size, run_batch
+from rechunker_core.copy import Batch, Round, Tracker, finish, least_batch_size, run_batch
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
@@ -114,14 +114,64 @@ class DaskExecutor:
         graph[final] = Task(final, _finish, specs, *last_barriers)
         return delayed.Delayed(final, graph)
 
-    def execute_plan(self, plan: Any, **kwargs: Any) -> None:
-        """Run ``plan`` with ``dask.compute(plan, **kwargs)``.
+    def execute_plan(self, plan: Any, progress: Tracker | None = None, **kwargs: Any) -> None:
+        """Run ``plan`` with ``dask.compute(plan, **kwargs)``, reporting to ``progress``.
 
         Keyword arguments (``scheduler=``, ...) override those given to the
-        executor.
+        executor. Progress comes from dask's callbacks on local schedulers,
+        and from the futures of the copy tasks on a ``distributed.Client``.
         """
         dask = import_engine("dask", "dask")
-        dask.compute(plan, **{**self.compute_kwargs, **kwargs})
+        kwargs = {**self.compute_kwargs, **kwargs}
+        if progress is None:
+            dask.compute(plan, **kwargs)
+            return
+        client = _client(kwargs.get("scheduler"))
+        if client is not None:
+            _follow_futures(client, plan, progress)
+            return
+        callbacks = import_engine("dask.callbacks", "dask")
+
+        def posttask(key: Any, result: Any, *state: Any) -> None:
+            if (round_number := _copy_round(key)) is not None:
+                progress.finished(result, round_number)
+
+        with callbacks.Callback(posttask=posttask):
+            dask.compute(plan, **kwargs)
+
+
+def _copy_round(key: Any) -> int | None:
+    """The round a key of :meth:`DaskExecutor.prepare_plan`'s graph copies, if it copies.
+
+    >>> _copy_round(("rechunk-copy-0f3a", 0, 2, 7)), _copy_round("rechunk-finish-0f3a")
+    (2, None)
+    """
+    if isinstance(key, tuple) and str(key[0]).startswith("rechunk-copy-"):
+        return int(key[2])
+    return None
+
+
+def _client(scheduler: Any) -> Any | None:
+    """The ``distributed.Client`` that ``dask.compute(scheduler=scheduler)`` would use, if any."""
+    base = import_engine("dask.base", "dask")
+    owner = getattr(base.get_scheduler(scheduler=scheduler), "__self__", None)
+    return owner if type(owner).__name__ == "Client" else None
+
+
+def _follow_futures(client: Any, plan: Any, progress: Tracker) -> None:
+    """Run ``plan`` on ``client``, reporting each copy task as its future finishes."""
+    distributed = import_engine("distributed", "dask")
+    graph = dict(plan.__dask_graph__())
+    rounds_of = {key: r for key in graph if (r := _copy_round(key)) is not None}
+    *futures, final = client.get(graph, [*rounds_of, plan.key], sync=False)
+    try:
+        for future in distributed.as_completed(futures, loop=client.loop):
+            progress.finished(future.result(), rounds_of[future.key])
+            future.release()  # nothing keeps the finished task's result alive
+        final.result()
+    except BaseException:
+        client.cancel([*futures, final])
+        raise
 
 
 def _uses_other_processes(scheduler: Any) -> bool:

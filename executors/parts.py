@@ -22,17 +22,33 @@ part, as a batch system would.
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from rechunker_core.copy import Round, check_driver, finish, rounds, run_batch
+from rechunker_core.copy import (
+    Batch,
+    Progress,
+    ProgressListener,
+    Round,
+    RoundTotals,
+    Tracker,
+    check_driver,
+    finish,
+    listening,
+    new_token,
+    report,
+    rounds,
+    run_batch,
+)
 from rechunker_core.spec import StagedCopySpec, dump_specs, load_specs
 
 __all__ = [
     "PLAN_FORMAT",
+    "PROGRESS_ENV",
     "PartsExecutor",
     "SavedPlan",
     "finish_plan",
@@ -43,6 +59,10 @@ __all__ = [
 
 #: Names the JSON format of saved plans, so other JSON is recognised as not a plan.
 PLAN_FORMAT = "rechunker-core plan, version 1"
+
+#: Environment variable naming the run a part reports its progress to
+#: (:func:`rechunker_core.copy.report`); :class:`PartsExecutor` sets it.
+PROGRESS_ENV = "RECHUNKER_CORE_PROGRESS"
 
 
 class SavedPlan:
@@ -123,8 +143,18 @@ def load_plan(path: str | Path) -> SavedPlan:
     return SavedPlan(path, specs, parts)
 
 
-def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -> int:
+def run_part(
+    plan: SavedPlan,
+    stage: int,
+    part: int,
+    parts: int | None = None,
+    progress: Progress | ProgressListener | None = None,
+) -> int:
     """Run part ``part`` of stage ``stage``; return how many tasks it copied.
+
+    ``progress`` hears of this part's own share of the stage. When the
+    environment names a run in :data:`PROGRESS_ENV` (as :class:`PartsExecutor`
+    does for its subprocesses), each batch is also reported to it.
 
     Raises
     ------
@@ -132,6 +162,38 @@ def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -
         For a stage or part the plan does not have, a ``parts`` other than the
         plan's, or a stage whose previous stage has not finished.
     """
+    batches = _part_batches(plan, stage, part, parts)
+    for spec in plan.specs:
+        for claim in spec.claims:
+            claim.renew()
+    share = [RoundTotals(stage, sum(b.num_tasks for b in batches), _nbytes(batches))]
+    tracker = Tracker.of_rounds(share, progress)
+    token = os.environ.get(PROGRESS_ENV)
+    copied = 0
+    try:
+        for batch in batches:
+            tasks = run_batch(batch)
+            copied += tasks
+            tracker.finished(tasks, 0)
+            report(token, stage, tasks)
+    finally:
+        tracker.close()
+    marker = plan.marker(stage, part)
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(f"{copied} tasks\n")
+    return copied
+
+
+def _nbytes(batches: Sequence[Batch]) -> int:
+    """About what ``batches`` write: their share of each stage's bytes."""
+    return sum(
+        math.prod(b.stage.shape) * b.stage.source.dtype.itemsize * b.num_tasks // b.stage.num_tasks
+        for b in batches
+    )
+
+
+def _part_batches(plan: SavedPlan, stage: int, part: int, parts: int | None) -> list[Batch]:
+    """The batches of one part, once the request is checked against the plan."""
     rounds = plan.rounds
     if not 0 <= stage < len(rounds):
         raise ValueError(f"--stage {stage}: {plan.path} has stages 0 to {len(rounds) - 1}")
@@ -147,14 +209,7 @@ def run_part(plan: SavedPlan, stage: int, part: int, parts: int | None = None) -
             f"stage {stage} reads what stage {stage - 1} writes, and parts {missing} of "
             f"stage {stage - 1} have not finished; run them first"
         )
-    for spec in plan.specs:
-        for claim in spec.claims:
-            claim.renew()
-    copied = sum(run_batch(batch) for batch in rounds[stage].part(part, plan.parts))
-    marker = plan.marker(stage, part)
-    marker.parent.mkdir(exist_ok=True)
-    marker.write_text(f"{copied} tasks\n")
-    return copied
+    return rounds[stage].part(part, plan.parts)
 
 
 def finish_plan(plan: SavedPlan) -> None:
@@ -212,21 +267,28 @@ class PartsExecutor:
         """Save ``specs`` to :attr:`path`; return the saved plan."""
         return save_plan(specs, self.path, self.parts)
 
-    def execute_plan(self, plan: SavedPlan, **kwargs: Any) -> None:
-        """Run every part of every stage, one subprocess per part, then finish."""
+    def execute_plan(self, plan: SavedPlan, progress: Tracker | None = None) -> None:
+        """Run every part of every stage, one subprocess per part, then finish.
+
+        The parts report each batch to ``progress`` as they copy it.
+        """
         command = [sys.executable, "-m", "rechunker_core.cli", "run-part", str(plan.path)]
-        for stage in range(len(plan.rounds)):
-            processes = [
-                subprocess.Popen(
-                    [*command, "--stage", str(stage), "--part", str(i)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                for i in range(plan.parts)
-            ]
-            errors = [p.communicate()[1] for p in processes]
-            for process, error in zip(processes, errors):
-                if process.returncode:
-                    raise RuntimeError(f"stage {stage}: a part failed: {error.strip()}")
+        token = new_token() if progress is not None else None
+        env = {**os.environ, PROGRESS_ENV: token} if token else None
+        with listening(progress, token):
+            for stage in range(len(plan.rounds)):
+                processes = [
+                    subprocess.Popen(
+                        [*command, "--stage", str(stage), "--part", str(i), "--quiet"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        env=env,
+                    )
+                    for i in range(plan.parts)
+                ]
+                errors = [p.communicate()[1] for p in processes]
+                for process, error in zip(processes, errors):
+                    if process.returncode:
+                        raise RuntimeError(f"stage {stage}: a part failed: {error.strip()}")
         finish_plan(plan)

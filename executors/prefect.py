@@ -13,7 +13,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from rechunker_core.copy import Batch, finish, rounds, run_batch
+from rechunker_core.copy import (
+    Batch,
+    Tracker,
+    finish,
+    listening,
+    new_token,
+    report,
+    rounds,
+    run_batch,
+)
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -98,6 +107,7 @@ class PrefectExecutor:
         """Return a Prefect flow that runs ``specs`` when called with no arguments."""
         prefect = import_engine("prefect", "prefect")
         from prefect.cache_policies import NO_CACHE
+        from prefect.futures import as_completed
         from prefect.task_runners import ThreadPoolTaskRunner
         from prefect.utilities.annotations import quote
 
@@ -116,6 +126,7 @@ class PrefectExecutor:
         )
         cleanup = prefect.task(_finish, name="finish", **options)
         batch_size = self.batch_size
+        token = new_token()
 
         def rechunk() -> None:
             for round_ in rounds(specs):
@@ -123,18 +134,26 @@ class PrefectExecutor:
                     copy.submit(quote(batch), round_.number, batch.tasks[0], batch.tasks[-1])
                     for batch in round_.batches(batch_size, most=MAX_RUNS_PER_STAGE)
                 ]
-                for future in futures:
-                    future.result()
+                # The flow runs where it was called: results come back here, whatever
+                # the task runner, and a listening Tracker hears of each.
+                for future in as_completed(futures):
+                    report(token, round_.number, future.result())
             cleanup.submit(quote(specs)).result()
 
+        rechunk.progress_token = token  # type: ignore[attr-defined]
         runner = self.task_runner or ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
         return prefect.flow(
             rechunk, name=self.flow_name, task_runner=runner, validate_parameters=False
         )
 
-    def execute_plan(self, plan: Any, **kwargs: Any) -> None:
-        """Run the flow; ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...)."""
-        (plan.with_options(**kwargs) if kwargs else plan)()
+    def execute_plan(self, plan: Any, progress: Tracker | None = None, **kwargs: Any) -> None:
+        """Run the flow, reporting to ``progress``.
+
+        ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...).
+        """
+        token = getattr(plan.fn, "progress_token", None)
+        with listening(progress, token):
+            (plan.with_options(**kwargs) if kwargs else plan)()
 
 
 # The functions Prefect runs.

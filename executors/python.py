@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from rechunker_core.copy import Progress, run_local
+from rechunker_core.copy import Progress, Tracker, run_local
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["PythonExecutor"]
@@ -17,7 +16,9 @@ class PythonExecutor:
     """Runs every task in order in the calling thread.
 
     The plan is a callable taking no required arguments; ``progress=`` may be
-    passed to it (or to :meth:`execute_plan`) to hear of each finished task.
+    passed to it (or to :meth:`execute_plan`) to hear of each finished task:
+    a callable receiving ``(tasks_done, tasks_total)``, or a
+    :class:`~rechunker_core.copy.Tracker`.
     """
 
     #: Tasks run in the calling process, so in-memory stores work.
@@ -27,11 +28,11 @@ class PythonExecutor:
         """Return a callable that runs ``specs``."""
         specs = tuple(specs)
 
-        def plan(progress: Progress | None = None) -> None:
+        def plan(progress: Tracker | Progress | None = None) -> None:
             run_local(specs, 1, progress)
 
         return plan
 
-    def execute_plan(self, plan: Plan, **kwargs: Any) -> None:
-        """Run ``plan``; accepts ``progress=``."""
-        plan(**kwargs)
+    def execute_plan(self, plan: Plan, progress: Tracker | Progress | None = None) -> None:
+        """Run ``plan``, reporting to ``progress``."""
+        plan(progress=progress)

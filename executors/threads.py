@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rechunker_core.copy import Progress, run_local
+from rechunker_core.copy import Progress, Tracker, run_local
 from rechunker_core.spec import StagedCopySpec
 
 __all__ = ["ThreadsExecutor"]
@@ -35,18 +35,38 @@ class ThreadsExecutor:
     shares_memory = True
 
     def __init__(self, max_workers: int | None = None) -> None:
-        self.max_workers = max_workers or os.cpu_count() or 1
+        self.max_workers = _workers(max_workers) or os.cpu_count() or 1
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Plan:
         """Return a callable that runs ``specs``."""
         specs = tuple(specs)
         workers = self.max_workers
 
-        def plan(progress: Progress | None = None) -> None:
-            run_local(specs, workers, progress)
+        def plan(
+            progress: Tracker | Progress | None = None, max_workers: int | None = None
+        ) -> None:
+            run_local(specs, _workers(max_workers) or workers, progress)
 
         return plan
 
-    def execute_plan(self, plan: Plan, **kwargs: Any) -> None:
-        """Run ``plan``; accepts ``progress=``."""
-        plan(**kwargs)
+    def execute_plan(
+        self,
+        plan: Plan,
+        progress: Tracker | Progress | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        """Run ``plan``, reporting to ``progress``.
+
+        ``max_workers`` overrides the executor's thread count for this run
+        (``rechunked.execute(max_workers=1)``).
+        """
+        plan(progress=progress, max_workers=max_workers)
+
+
+def _workers(max_workers: Any) -> int | None:
+    """Check a thread count: None (the default) or a positive integer."""
+    if max_workers is None:
+        return None
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers={max_workers!r} must be a positive integer")
+    return max_workers

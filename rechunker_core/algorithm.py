@@ -4,7 +4,9 @@ Pure functions over shapes and chunk sizes: no I/O, no zarr, no dask. The
 planner that :func:`rechunker_core.rechunk` uses is :func:`plan_layout`;
 ``docs/algorithm.md`` explains it with pictures. The functions rechunker users
 call (``rechunking_plan``, ``multistage_rechunking_plan``, ...) live in
-:mod:`rechunker_core.compat` and are re-exported here unchanged.
+:mod:`rechunker_core.compat` and are re-exported here unchanged, except that
+the two planners read this module's :data:`MAX_STAGES`, so code that patches
+``rechunker_core.algorithm.MAX_STAGES`` (as rechunker's users do) is obeyed.
 
 Vocabulary, per stage (one copy from array A to array B):
 
@@ -24,14 +26,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise, product
 
+import rechunker_core.compat as compat
 from rechunker_core.compat import (
-    MAX_STAGES,
     ExcessiveIOWarning,
     calculate_single_stage_io_ops,
     calculate_stage_chunks,
     consolidate_chunks,
-    multistage_rechunking_plan,
-    rechunking_plan,
 )
 from rechunker_core.geometry import ceil_div
 
@@ -55,6 +55,71 @@ __all__ = [
 
 Shape = tuple[int, ...]
 _Models = tuple["MemoryModel", "MemoryModel"]
+
+#: rechunker's multi-stage planner tries ``1 .. MAX_STAGES - 1`` stages. Read
+#: when the planners below are called, so patching it here takes effect.
+MAX_STAGES: int = compat.MAX_STAGES
+
+_Plan = tuple[Shape, Shape, Shape]
+
+
+def multistage_rechunking_plan(
+    shape: Sequence[int],
+    source_chunks: Sequence[int],
+    target_chunks: Sequence[int],
+    itemsize: int,
+    min_mem: int,
+    max_mem: int,
+    consolidate_reads: bool = True,
+    consolidate_writes: bool = True,
+) -> list[_Plan]:
+    """rechunker's multi-stage planner, within this module's :data:`MAX_STAGES`.
+
+    See :func:`rechunker_core.compat.multistage_rechunking_plan`.
+
+    >>> multistage_rechunking_plan((100, 100), (100, 1), (1, 100), 1, 10, 100)
+    [((100, 1), (10, 1), (10, 10)), ((10, 10), (1, 10), (1, 100))]
+    """
+    return compat.multistage_rechunking_plan(
+        shape,
+        source_chunks,
+        target_chunks,
+        itemsize,
+        min_mem,
+        max_mem,
+        consolidate_reads,
+        consolidate_writes,
+        max_stages=MAX_STAGES,
+    )
+
+
+def rechunking_plan(
+    shape: Sequence[int],
+    source_chunks: Sequence[int],
+    target_chunks: Sequence[int],
+    itemsize: int,
+    max_mem: int,
+    consolidate_reads: bool = True,
+    consolidate_writes: bool = True,
+) -> _Plan:
+    """rechunker's single-stage planner, within this module's :data:`MAX_STAGES`.
+
+    See :func:`rechunker_core.compat.rechunking_plan`.
+
+    >>> rechunking_plan((8, 8), (1, 8), (8, 1), itemsize=4, max_mem=64)
+    ((2, 8), (2, 2), (8, 2))
+    """
+    return compat.rechunking_plan(
+        shape,
+        source_chunks,
+        target_chunks,
+        itemsize,
+        max_mem,
+        consolidate_reads,
+        consolidate_writes,
+        max_stages=MAX_STAGES,
+    )
+
 
 #: Most stages :func:`plan_layout` considers. Each stage reads and writes the
 #: whole array once, so a plan past three stages is almost never cheaper.
@@ -344,9 +409,9 @@ class Layout:
 
     def summary(self) -> str:
         """Return a table of the stages, one line each."""
+        # No seconds: the cost model ranks plans, its seconds are not a forecast.
         lines = [
-            f"{len(self.stages)} stage(s), peak task memory "
-            f"{format_bytes(self.peak_task_memory)}, estimated {self.seconds:.1f} s of work"
+            f"{len(self.stages)} stage(s), peak task memory {format_bytes(self.peak_task_memory)}"
         ]
         for i, s in enumerate(self.stages):
             lines.append(

@@ -9,24 +9,36 @@ metadata (:mod:`~rechunker_core.create`) and asks the executor for its plan.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import zarr
 
 from rechunker_core.algorithm import format_bytes
-from rechunker_core.copy import complete
+from rechunker_core.copy import Tracker, complete
 from rechunker_core.create import check_places, create_specs, rehearse
-from rechunker_core.display import describe_jobs, html_table, summary_line, text_table
+from rechunker_core.display import (
+    describe_jobs,
+    html_table,
+    plan_svg,
+    result_line,
+    summary_line,
+    text_table,
+)
 from rechunker_core.executors import Executor, get_executor, refuse_in_memory
 from rechunker_core.jobs import ArrayJob, plan_jobs
 from rechunker_core.locations import StoreLocation
 from rechunker_core.options import Options, parse_bytes, resolve_options
 from rechunker_core.places import Destination, TempPlace, resolve_destination
+from rechunker_core.progress import choose_progress
 from rechunker_core.sources import Source, open_source
 from rechunker_core.spec import StagedCopySpec
 
-__all__ = ["Rechunked", "describe_plan", "rechunk"]
+__all__ = ["Rechunked", "describe_plan", "draw_plan", "rechunk"]
+
+logger = logging.getLogger("rechunker_core")
 
 #: A temp store for :func:`describe_plan`, which plans but writes nowhere.
 _ANY_TEMP = TempPlace(StoreLocation("<temp>"))
@@ -60,21 +72,29 @@ class Rechunked:
         self._dest = dest
         self._executed = False
 
-    def execute(self, commit: str | None = None, **kwargs: Any) -> zarr.Array[Any] | zarr.Group:
+    def execute(
+        self, progress: Any = None, commit: str | None = None, **kwargs: Any
+    ) -> zarr.Array[Any] | zarr.Group:
         """Run the plan on its executor and return the target.
-
-        Keyword arguments go to the executor's ``execute_plan`` (for example
-        ``progress=`` for python and threads).
 
         A run that failed may be executed again: tasks are idempotent and
         the intermediates stay until a run succeeds.
 
         Parameters
         ----------
+        progress : None, bool or callable
+            ``None`` (default): one progress bar per stage when standard
+            error is a terminal or in a notebook; ``True``: bars always;
+            ``False``: silent; a callable: called with
+            ``(tasks_done, tasks_total)`` as tasks finish.
         commit : str, optional
             Icechunk targets only: commit the session with this message once
             everything is written. Without it the target's changes are left
             in the session, for the caller to commit (docs/icechunk.md).
+        **kwargs
+            Options of the executor's ``execute_plan``: ``max_workers=``
+            (threads), ``scheduler=`` (dask), ``options=`` (beam), ...;
+            docs/executors.md lists them per executor.
 
         Raises
         ------
@@ -82,6 +102,8 @@ class Rechunked:
             When called after a run succeeded: it deleted the intermediates
             and released the target; call :func:`rechunk` again instead. Or
             for ``commit`` with a target that is not an Icechunk session.
+        TypeError
+            For a ``progress`` that is none of the above.
         """
         if commit is not None and self._dest.target.icechunk is None:
             raise ValueError(
@@ -93,9 +115,17 @@ class Rechunked:
                 "this Rechunked has already been executed (its intermediates are gone and "
                 "its target is released); call rechunk() again to run another rechunk"
             )
-        self._executor.execute_plan(self.plan, **kwargs)
+        tracker = Tracker(self.spec, choose_progress(progress))
+        logger.info("executing %s", self._header())
+        try:
+            if _takes_progress(self._executor):
+                kwargs["progress"] = tracker
+            self._executor.execute_plan(self.plan, **kwargs)
+        finally:
+            tracker.close()
         self._executed = True
         complete(self.spec, commit)
+        logger.info("done: %d tasks", tracker.done)
         return self.target
 
     @property
@@ -119,17 +149,41 @@ class Rechunked:
 
     def _header(self) -> str:
         where = self._dest.target.describe()
-        return f"{self._source.kind} -> {where}: {summary_line(self._jobs, self.spec)}"
+        tasks = sum(spec.num_tasks for spec in self.spec)
+        return f"{self._source.kind} -> {where}: {summary_line(self._jobs, tasks)}"
 
     def __repr__(self) -> str:
-        return text_table(f"<Rechunked {self._header()}>", self._jobs, self.spec)
+        return text_table(f"<Rechunked {self._header()}>", self._jobs)
 
     def _repr_html_(self) -> str:
-        return html_table(f"Rechunked {self._header()}", self._jobs, self.spec)
+        return html_table(f"Rechunked {self._header()}", self._jobs)
+
+    def svg(self) -> str:
+        """The plan as an SVG picture: every array's chunk grid, an arrow per stage."""
+        return plan_svg(self._jobs, f"Rechunked {self._header()}")
+
+    def result_line(self, elapsed: float) -> str:
+        """What a run that took ``elapsed`` seconds did: speed, stages, tasks, bytes."""
+        return result_line(self._jobs, sum(spec.num_tasks for spec in self.spec), elapsed)
 
     def summary(self) -> str:
         """The plan of every array: stages, tasks, bytes and peak task memory."""
-        return "\n".join([repr(self), *describe_jobs(self._jobs)])
+        lines = [repr(self), *describe_jobs(self._jobs)]
+        temp = self._dest.temp
+        if temp is not None and temp.scratch and any(s.intermediates for s in self.spec):
+            lines.append(
+                f"intermediates: in {temp.base.describe()}, a scratch directory beside the "
+                "target (no temp_store given), removed after a successful run"
+            )
+        return "\n".join(lines)
+
+
+def _takes_progress(executor: Executor[Any]) -> bool:
+    """Whether the executor's ``execute_plan`` accepts ``progress=`` (every built-in one does)."""
+    parameters = inspect.signature(executor.execute_plan).parameters
+    return "progress" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 def rechunk(
@@ -209,6 +263,17 @@ def _resolve_source(
     return source.encoded(options.encodings, options.zarr_format), options
 
 
+def _plan_only(
+    source: Any, target_chunks: Any, max_mem: int | str, target_options: Mapping[str, Any] | None
+) -> tuple[Source, int, list[ArrayJob]]:
+    """The jobs ``rechunk`` would plan, writing nothing."""
+    found, options = _resolve_source(open_source(source), target_options, None)
+    memory = parse_bytes(max_mem)
+    # Nowhere real: nothing is written, and the layout does not depend on the place.
+    dest = Destination(StoreLocation("<target>"), temp=_ANY_TEMP)
+    return found, memory, plan_jobs(found, target_chunks, memory, dest, options)
+
+
 def describe_plan(
     source: Any,
     target_chunks: Any,
@@ -216,13 +281,23 @@ def describe_plan(
     target_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Return the plan ``rechunk`` would make, as text, without writing anything."""
-    found, options = _resolve_source(open_source(source), target_options, None)
-    memory = parse_bytes(max_mem)
-    # Nowhere real: nothing is written, and the layout does not depend on the place.
-    dest = Destination(StoreLocation("<target>"), temp=_ANY_TEMP)
-    jobs = plan_jobs(found, target_chunks, memory, dest, options)
+    found, memory, jobs = _plan_only(source, target_chunks, max_mem, target_options)
     lines = [f"{found.kind}, max_mem {format_bytes(memory)}"]
     for job in jobs:
-        lines.append(f"{job.name or 'array'} {job.array.ref.shape} {job.array.ref.dtype}: ")
+        lines.append(f"{job.array.title} {job.array.ref.shape} {job.array.ref.dtype}: ")
         lines[-1] += job.layout.summary()
     return "\n".join(lines)
+
+
+def draw_plan(
+    source: Any,
+    target_chunks: Any,
+    max_mem: int | str,
+    target_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Return the plan ``rechunk`` would make as an SVG picture, without writing anything."""
+    found, memory, jobs = _plan_only(source, target_chunks, max_mem, target_options)
+    tasks = sum(stage.num_tasks for job in jobs for stage in job.layout.stages)
+    return plan_svg(
+        jobs, f"{found.kind}, max_mem {format_bytes(memory)}: {summary_line(jobs, tasks)}"
+    )

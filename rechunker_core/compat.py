@@ -362,6 +362,8 @@ def multistage_rechunking_plan(
     max_mem: int,
     consolidate_reads: bool = True,
     consolidate_writes: bool = True,
+    *,
+    max_stages: int | None = None,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """Plan a rechunking as a sequence of split/regroup stages, as rechunker does.
 
@@ -369,8 +371,10 @@ def multistage_rechunking_plan(
     :func:`calculate_stage_chunks`) and returns the first plan whose smallest
     intermediate chunk holds at least ``min_mem`` bytes. If one more stage
     would cost more I/O operations first, it returns the plan it has and
-    warns (:class:`ExcessiveIOWarning`). The other parameters are those of
-    :func:`rechunking_plan`.
+    warns (:class:`ExcessiveIOWarning`). ``max_stages`` defaults to this
+    module's :data:`MAX_STAGES`, read at call time (callers through
+    :mod:`rechunker_core.algorithm` pass that module's). The other parameters
+    are those of :func:`rechunking_plan`.
 
     Returns a ``(read, intermediate, write)`` chunks triple per stage. Raises
     ``ValueError`` for chunks that do not fit ``shape`` or ``max_mem`` (or
@@ -386,7 +390,7 @@ def multistage_rechunking_plan(
     consolidate = (consolidate_reads, consolidate_writes)
     ends = _outer_chunks(shape, source_chunks, target_chunks, itemsize, max_mem, *consolidate)
     previous: tuple[list[_Stage], int] | None = None
-    for stage_count in range(1, MAX_STAGES):
+    for stage_count in range(1, MAX_STAGES if max_stages is None else max_stages):
         plan = _stages_of(*ends, stage_count)
         smallest = min(_nbytes(middle, itemsize) for _, middle, _ in plan)
         if smallest >= min_mem:
@@ -419,6 +423,8 @@ def rechunking_plan(
     max_mem: int,
     consolidate_reads: bool = True,
     consolidate_writes: bool = True,
+    *,
+    max_stages: int | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """Plan a single-stage rechunking, as rechunker does.
 
@@ -453,5 +459,6 @@ def rechunking_plan(
         max_mem=max_mem,
         consolidate_reads=consolidate_reads,
         consolidate_writes=consolidate_writes,
+        max_stages=max_stages,
     )
     return only_stage

@@ -10,7 +10,8 @@ Every executor calls these, and nothing else copies:
   :class:`Batch` es (:meth:`Round.batches`, for engines that pay per task) or
   into the contiguous shares of independent processes (:meth:`Round.part`).
 - :class:`Tracker` counts finished batches and reports progress, whichever
-  executor ran them.
+  executor ran them; where a batch ran in another thread or process than
+  the tracker, :func:`report` carries the count back.
 - :func:`finish` is the last step of every plan; :func:`complete` the
   driver's, once the plan has run (it merges the changes of Icechunk targets
   into their sessions).
@@ -18,11 +19,19 @@ Every executor calls these, and nothing else copies:
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import tempfile
+import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import zip_longest
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,17 +46,26 @@ __all__ = [
     "MIN_BATCH_BYTES",
     "Batch",
     "Progress",
+    "ProgressListener",
     "Round",
+    "RoundTotals",
     "Tracker",
+    "as_tracker",
     "check_driver",
     "complete",
     "copy_region",
+    "feed_path",
     "finish",
     "least_batch_size",
+    "listening",
+    "new_token",
+    "report",
     "rounds",
     "run_batch",
     "run_local",
 ]
+
+logger = logging.getLogger("rechunker_core")
 
 #: Called as ``progress(tasks_done, tasks_total)`` as tasks finish.
 Progress = Callable[[int, int], None]
@@ -130,6 +148,11 @@ class Round:
     def num_tasks(self) -> int:
         """Tasks over every stage of the round."""
         return sum(stage.num_tasks for stage in self.stages)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the round writes: every array of its stages, once."""
+        return sum(math.prod(s.shape) * s.source.dtype.itemsize for s in self.stages)
 
     def tasks(self) -> Iterator[Batch]:
         """Every task as a batch of one, lazily."""
@@ -226,45 +249,230 @@ def rounds(specs: Sequence[StagedCopySpec]) -> list[Round]:
     ]
 
 
-class Tracker:
-    """Counts finished tasks of a plan and reports them to ``progress``.
+@dataclass(frozen=True)
+class RoundTotals:
+    """What one round moves: its ``tasks``, and the ``nbytes`` its stages write."""
 
-    Every executor reports through one of these, from the process that
-    drives the run, as batches finish.
+    number: int
+    tasks: int
+    nbytes: int
+
+
+@runtime_checkable
+class ProgressListener(Protocol):
+    """What hears a :class:`Tracker`: a progress bar (:mod:`rechunker_core.progress`)."""
+
+    def start(self, rounds: Sequence[RoundTotals]) -> None:
+        """The run begins; ``rounds`` are what each round will move."""
+        ...
+
+    def advance(self, round_number: int, tasks: int, nbytes: int) -> None:
+        """``tasks`` more tasks of a round finished, writing about ``nbytes``."""
+        ...
+
+    def close(self) -> None:
+        """The run ended (finished or failed)."""
+        ...
+
+
+class Tracker:
+    """Counts finished tasks of a plan, round by round, and reports them.
+
+    Every executor reports through one of these, as batches finish: directly
+    in the process that drives the run, or from wherever a batch ran through
+    :func:`report` (see :meth:`listening`). ``progress`` is a callable
+    receiving ``(tasks_done, tasks_total)``, a :class:`ProgressListener`, or
+    None. Counts are kept under a lock, so the callable sees ``tasks_done``
+    grow, ending at ``tasks_total``, whichever threads report.
+
+    >>> from types import SimpleNamespace as NS
+    >>> import numpy as np
+    >>> stage = NS(num_tasks=4, shape=(8,), source=NS(dtype=np.dtype("u1")))
+    >>> tracker = Tracker([NS(stages=(stage,), num_tasks=4)], print)
+    >>> tracker.finished(3, round_number=0)
+    3 4
+    >>> tracker.rounds, tracker.bytes_done
+    ([RoundTotals(number=0, tasks=4, nbytes=8)], 6)
     """
 
-    def __init__(self, specs: Sequence[StagedCopySpec], progress: Progress | None) -> None:
-        self.total = sum(spec.num_tasks for spec in specs)
+    def __init__(
+        self,
+        specs: Sequence[StagedCopySpec],
+        progress: Progress | ProgressListener | None = None,
+        *,
+        totals: Sequence[RoundTotals] | None = None,
+    ) -> None:
+        if totals is None:
+            totals = [RoundTotals(r.number, r.num_tasks, r.nbytes) for r in rounds(specs)]
+        self.rounds = list(totals)
+        self.total = sum(r.tasks for r in self.rounds)
         self.done = 0
-        self._progress = progress
+        self.bytes_done = 0
+        self._round_done = [0] * len(self.rounds)
+        self._lock = threading.Lock()
+        self._listener: ProgressListener | None = None
+        self._callback: Progress | None = None
+        if isinstance(progress, ProgressListener):
+            self._listener = progress
+        else:
+            self._callback = progress
+        if self._listener is not None:
+            self._listener.start(self.rounds)
 
-    def finished(self, tasks: int) -> None:
-        """Note that ``tasks`` more tasks finished."""
-        self.done += tasks
-        if self._progress is not None:
-            self._progress(self.done, self.total)
+    @classmethod
+    def of_rounds(
+        cls, totals: Sequence[RoundTotals], progress: Progress | ProgressListener | None = None
+    ) -> Tracker:
+        """A tracker of given round totals (a share of a plan, such as one part)."""
+        return cls((), progress, totals=totals)
+
+    def finished(self, tasks: int, round_number: int) -> None:
+        """Note that ``tasks`` more tasks of round ``round_number`` finished."""
+        with self._lock:
+            totals = self.rounds[round_number]
+            before = self._round_done[round_number]
+            after = self._round_done[round_number] = before + tasks
+            # Bytes in proportion to tasks: exact once the round is complete.
+            nbytes = (after - before) * totals.nbytes // max(totals.tasks, 1)
+            if after >= totals.tasks:
+                nbytes = totals.nbytes - before * totals.nbytes // max(totals.tasks, 1)
+            self.done += tasks
+            self.bytes_done += nbytes
+            if self._callback is not None:
+                self._callback(self.done, self.total)
+            if self._listener is not None:
+                self._listener.advance(round_number, tasks, nbytes)
+            if before < totals.tasks <= after:
+                logger.info("stage %d done: %d tasks", round_number, totals.tasks)
+
+    def close(self) -> None:
+        """The run ended: let the listener finish its display."""
+        if self._listener is not None:
+            self._listener.close()
+
+    @contextmanager
+    def listening(self, token: str | None) -> Iterator[Tracker]:
+        """Hear :func:`report` calls for ``token`` while the block runs.
+
+        Reports made in this process come straight here. For reports from
+        other processes on this machine (a Beam DirectRunner in
+        ``multi_processing`` mode, the parts of a saved plan), a feed file
+        named after the token is created for them to append to, and read
+        here until the block ends. Reports from other machines find
+        neither and are dropped: the engine's own UI shows remote runs.
+        """
+        if token is None:
+            yield self
+            return
+        path = feed_path(token)
+        path.write_bytes(b"")
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read_feed, args=(path, stop), daemon=True)
+        with _ACTIVE_LOCK:
+            _ACTIVE[token] = self
+        reader.start()
+        try:
+            yield self
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.pop(token, None)
+            stop.set()
+            reader.join()
+            path.unlink(missing_ok=True)
+
+    def _read_feed(self, path: Path, stop: threading.Event) -> None:
+        """Apply the lines others append to ``path`` (``"round tasks"``) until ``stop``."""
+        offset = 0
+        while True:
+            stopping = stop.wait(0.1)
+            with path.open("rb") as feed:
+                feed.seek(offset)
+                data = feed.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            offset += len(complete)
+            for line in complete.decode().splitlines():
+                round_number, tasks = (int(field) for field in line.split())
+                self.finished(tasks, round_number)
+            if stopping:
+                return
+
+
+#: Trackers listening in this process, by run token (:meth:`Tracker.listening`).
+_ACTIVE: dict[str, Tracker] = {}
+_ACTIVE_LOCK = threading.Lock()
+
+
+def new_token() -> str:
+    """A token naming one run's progress reports: executors put it in their plans."""
+    return uuid.uuid4().hex
+
+
+def feed_path(token: str) -> Path:
+    """The feed file other processes on this machine append reports for ``token`` to."""
+    return Path(tempfile.gettempdir()) / f"rechunker-core-progress-{token}"
+
+
+def report(token: str | None, round_number: int, tasks: int) -> None:
+    """Tell the run ``token`` that ``tasks`` tasks of round ``round_number`` finished.
+
+    Called where a batch ran, or where its result arrived. It costs a
+    dictionary look-up in the process that listens, one small append
+    elsewhere on its machine, and nothing where nobody listens.
+    """
+    if token is None:
+        return
+    tracker = _ACTIVE.get(token)
+    if tracker is not None:
+        tracker.finished(tasks, round_number)
+        return
+    try:  # no O_CREAT: only the listening process makes the file
+        fd = os.open(feed_path(token), os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return
+    try:
+        # One write of a few bytes to an O_APPEND file: lines never interleave.
+        os.write(fd, f"{round_number} {tasks}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def listening(tracker: Tracker | None, token: str | None) -> AbstractContextManager[Any]:
+    """``tracker.listening(token)``, or nothing when there is no tracker or token."""
+    if tracker is None or token is None:
+        return nullcontext()
+    return tracker.listening(token)
+
+
+def as_tracker(
+    specs: Sequence[StagedCopySpec], progress: Tracker | Progress | ProgressListener | None
+) -> Tracker:
+    """``progress`` itself if it is a :class:`Tracker`, else a new one reporting to it."""
+    return progress if isinstance(progress, Tracker) else Tracker(specs, progress)
 
 
 def run_local(
-    specs: Sequence[StagedCopySpec], workers: int, progress: Progress | None = None
+    specs: Sequence[StagedCopySpec],
+    workers: int,
+    progress: Tracker | Progress | ProgressListener | None = None,
 ) -> None:
     """Run a plan in this process: in the calling thread, or on ``workers`` threads.
 
     Threads take batches of one task, a few at a time, so a plan of millions
     of tasks never holds millions of futures. The first failure cancels what
     is queued and is raised; the intermediates then stay for a rerun.
+    ``progress``: a :class:`Tracker`, or what a new one reports to.
     """
-    tracker = Tracker(specs, progress)
+    tracker = as_tracker(specs, progress)
     with FREED_MEMORY.kept():
         if workers <= 1:
             for round_ in rounds(specs):
                 for batch in round_.tasks():
-                    tracker.finished(run_batch(batch))
+                    tracker.finished(run_batch(batch), round_.number)
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="rechunk") as pool:
                 for round_ in rounds(specs):
                     for copied in _bounded(pool, round_.tasks(), 2 * workers):
-                        tracker.finished(copied)
+                        tracker.finished(copied, round_.number)
     finish(specs)
 
 

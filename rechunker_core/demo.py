@@ -16,7 +16,6 @@ import zarr
 
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.api import rechunk
-from rechunker_core.progress import ProgressBar
 
 __all__ = ["DEMO_MARKER", "run_demo", "write_sample"]
 
@@ -110,9 +109,8 @@ def run_demo(
     )
     print(rechunked.summary())
     start = time.perf_counter()
-    target = rechunked.execute(progress=ProgressBar())
-    elapsed = time.perf_counter() - start
-    print(f"rechunked {format_bytes(size)} in {elapsed:.1f} s: {size / elapsed / 1e6:.0f} MB/s")
+    target = rechunked.execute()
+    print(rechunked.result_line(time.perf_counter() - start))
     assert isinstance(target, zarr.Array)
     for start_col in range(0, source.shape[2], 40):
         columns = (slice(None), slice(None), slice(start_col, start_col + 40))
@@ -120,4 +118,9 @@ def run_demo(
             print("check FAILED: target differs from source", file=sys.stderr)
             return 1
     print(f"check: target == source, element by element; target chunks {target.chunks}")
+    on_disk = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+    print(
+        f"the sample data stays in {work} ({format_bytes(on_disk)} on disk); remove it with "
+        f"'rm -r {work}' (make clean removes demo-data and the .venv)"
+    )
     return 0

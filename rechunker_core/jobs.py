@@ -23,7 +23,7 @@ from rechunker_core.algorithm import (
 from rechunker_core.chunkio import writing_memory
 from rechunker_core.locations import StoreLocation
 from rechunker_core.options import ArrayOptions, Options, normalize_chunks
-from rechunker_core.places import Destination
+from rechunker_core.places import Destination, suggest_temp_store
 from rechunker_core.sources import Source, SourceArray
 
 __all__ = ["ArrayJob", "overwrites", "plan_jobs"]
@@ -79,11 +79,11 @@ def _requests(source: Source, target_chunks: Any) -> dict[str, Any]:
             return {name: target_chunks.get(name) for name in names}
         return dict(target_chunks)
     if all(k in dims for k in target_chunks):
-        # xarray style: every array takes the sizes of the dimensions it has.
+        # xarray style: every array takes the sizes of the dimensions it has,
+        # except index coordinates (1-D, named after their dimension), which
+        # xarray keeps whole.
         return {
-            a.name: {d: s for d, s in target_chunks.items() if d in a.dimension_names}
-            if a.dimension_names
-            else None
+            a.name: _by_dimension(a, target_chunks) if a.dimension_names else None
             for a in source.arrays
         }
     unknown = [k for k in target_chunks if k not in names and k not in dims]
@@ -91,6 +91,21 @@ def _requests(source: Source, target_chunks: Any) -> dict[str, Any]:
         f"target_chunks names {unknown}, which are neither arrays of the {source.kind} "
         f"({names}) nor dimensions ({sorted(dims)})"
     )
+
+
+def _by_dimension(array: SourceArray, target_chunks: Mapping[str, Any]) -> dict[str, Any]:
+    """An array's share of an xarray-style ``{dim: size}`` request.
+
+    >>> from types import SimpleNamespace as NS
+    >>> _by_dimension(NS(name="air", dimension_names=("time", "lon")), {"lon": 10})
+    {'lon': 10}
+    >>> _by_dimension(NS(name="lon", dimension_names=("lon",)), {"lon": 10})
+    {'lon': -1}
+    """
+    dims = array.dimension_names or ()
+    if dims == (array.name.rsplit("/", 1)[-1],) and dims[0] in target_chunks:
+        return {dims[0]: -1}
+    return {d: s for d, s in target_chunks.items() if d in dims}
 
 
 def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceArray) -> Any:
@@ -106,7 +121,11 @@ def _write_chunks(chunks: tuple[int, ...], options: ArrayOptions, array: SourceA
 
 
 def _layout(
-    array: SourceArray, write_chunks: tuple[int, ...], max_mem: int, models: _Models
+    array: SourceArray,
+    write_chunks: tuple[int, ...],
+    max_mem: int,
+    models: _Models,
+    dest: Destination,
 ) -> Layout:
     """The cheapest layout; without a temp store, the cheapest single stage that fits.
 
@@ -143,7 +162,8 @@ def _layout(
                 f"without temp_store, {array.what} is rechunked in one stage that decodes each "
                 f"source chunk {single.stages[0].read_amplification:.1f} times; with "
                 f"temp_store the planner would use {len(best.stages)} stages and about "
-                f"{single.seconds / best.seconds:.1f}x less work"
+                f"{single.seconds / best.seconds:.1f}x less work; pass "
+                f"{suggest_temp_store(dest.target)}, for example"
             ),
             stacklevel=4,
         )
@@ -186,12 +206,13 @@ def plan_jobs(
         write_chunks = _write_chunks(chunks, array_options, array)
         target = dest.array_target(array.name)
         models = _models(dest, target, array_options.shards is not None)
-        layout = _layout(array, write_chunks, max_mem, models)
+        layout = _layout(array, write_chunks, max_mem, models, dest)
         if len(layout.stages) > 1 and dest.temp is None:
             raise ValueError(
                 f"rechunking {what} from chunks {ref.read_chunks} to {chunks} within max_mem "
                 f"needs an intermediate array ({len(layout.stages)} stages); pass temp_store= "
-                "(a path, URL, zarr Store or zarr.Group)"
+                f"(a path, URL, zarr Store or zarr.Group), such as "
+                f"{suggest_temp_store(dest.target)}"
             )
         jobs.append(ArrayJob(array, target, chunks, array_options, layout))
     if not jobs:

@@ -10,6 +10,7 @@ options. Nothing downstream looks at the raw dicts again.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ import numpy as np
 import zarr
 
 __all__ = [
+    "DEFAULT_MEMORY_SHARE",
     "TEMP_COMPRESSORS",
     "ArrayOptions",
     "Options",
+    "available_memory",
+    "default_max_mem",
     "normalize_chunks",
     "parse_bytes",
     "resolve_options",
@@ -82,6 +86,37 @@ def parse_bytes(value: int | str) -> int:
     if number <= 0:
         raise ValueError(f"max_mem={value!r} must be positive")
     return number
+
+
+#: Without ``--max-mem``, the tasks that run at once share this fraction of
+#: the memory available (rechunker#12): each may hold ``share * available / workers``.
+DEFAULT_MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new work on this machine.
+
+    Linux's ``MemAvailable`` (free memory plus what the page cache would give
+    back), else the free pages ``sysconf`` reports.
+    """
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def default_max_mem(workers: int, available: int | None = None) -> int:
+    """``max_mem`` when none is given: a share of the available memory per worker.
+
+    >>> default_max_mem(4, available=8 * 10**9)
+    1000000000
+    """
+    available = available_memory() if available is None else available
+    return max(1, int(DEFAULT_MEMORY_SHARE * available / max(workers, 1)))
 
 
 def _chunk_values(
@@ -149,6 +184,15 @@ def normalize_chunks(
     return tuple(chunks)
 
 
+#: zarr 2's (and rechunker's) spellings of zarr 3 keywords.
+_RENAMED = {
+    "compressor": "compressors",
+    "filter": "filters",
+    "dimension_separator": "chunk_key_encoding",
+    "shard_shape": "shards",
+}
+
+
 def _check_keys(options: Mapping[str, Any], which: str, extra: frozenset[str]) -> dict[str, Any]:
     """Reject options zarr would not accept or that rechunk sets itself."""
     accepted = _ZARR_OPTIONS | extra if "dtype" in extra else (_ZARR_OPTIONS | extra) - {"dtype"}
@@ -158,8 +202,9 @@ def _check_keys(options: Mapping[str, Any], which: str, extra: frozenset[str]) -
                 f"{which} may not set {key!r}: rechunk sets it from the source and target_chunks"
             )
         if key not in accepted:
+            hint = f"did you mean {_RENAMED[key]!r}? " if _RENAMED.get(key) in accepted else ""
             raise ValueError(
-                f"unknown option {key!r} in {which}; accepted: {', '.join(sorted(accepted))}"
+                f"unknown option {key!r} in {which}; {hint}accepted: {', '.join(sorted(accepted))}"
             )
     return dict(options)
 

@@ -8,6 +8,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,15 @@ from rechunker_core.locations import StoreLocation, resolve_location
 from rechunker_core.options import Options
 from rechunker_core.sessions import SessionPlace, is_icechunk_session
 
-__all__ = ["Destination", "TempPlace", "check_array_name", "resolve_destination"]
+__all__ = [
+    "SCRATCH_SUFFIX",
+    "Destination",
+    "TempPlace",
+    "check_array_name",
+    "resolve_destination",
+    "scratch_beside",
+    "suggest_temp_store",
+]
 
 
 @dataclass(frozen=True)
@@ -30,10 +39,14 @@ class TempPlace:
         The temp store (or the user's temp group).
     lone_name : str
         The name a lone array's intermediates take in a user's group.
+    scratch : bool
+        Whether the place is the scratch directory chosen beside a local
+        target because no ``temp_store`` was given (:func:`scratch_beside`).
     """
 
     base: StoreLocation
     lone_name: str = ""
+    scratch: bool = False
 
     def intermediate(self, name: str, number: int) -> StoreLocation:
         """The location of intermediate ``number`` (from 1) of the array ``name``.
@@ -91,6 +104,43 @@ class Destination:
         return self.temp.intermediate(name, number)
 
 
+#: The scratch directory beside a local target: ``out.zarr`` -> ``out.zarr.rechunk-temp``.
+SCRATCH_SUFFIX = ".rechunk-temp"
+
+
+def scratch_beside(target: StoreLocation, target_store: Any) -> TempPlace | None:
+    """Where intermediates go when no ``temp_store`` is given: beside a local target.
+
+    The directory is named after the target, so a rerun of the same rechunk
+    (``resume``) finds it again; it is on the target's file system, and it
+    is created only if the plan needs an intermediate and removed after a
+    successful run. Targets elsewhere (object stores, a zarr Store or Group
+    the user opened) get none: the user chooses their temp store.
+
+    >>> scratch_beside(StoreLocation("/data/out.zarr"), "/data/out.zarr").base.store
+    '/data/out.zarr.rechunk-temp'
+    >>> scratch_beside(StoreLocation("s3://bucket/out.zarr"), "s3://bucket/out.zarr") is None
+    True
+    """
+    if not isinstance(target_store, str | os.PathLike) or target.in_memory:
+        return None
+    local = target.local_path
+    if local is None:
+        return None
+    return TempPlace(StoreLocation(str(local) + SCRATCH_SUFFIX), scratch=True)
+
+
+def suggest_temp_store(target: StoreLocation) -> str:
+    """A ``temp_store`` to propose in messages: the target's place with the scratch suffix.
+
+    >>> suggest_temp_store(StoreLocation("s3://bucket/out.zarr"))
+    "temp_store='s3://bucket/out.zarr.rechunk-temp'"
+    """
+    if target.in_memory:
+        return "temp_store=zarr.storage.MemoryStore()"
+    return f"temp_store={target.describe().rstrip('/') + SCRATCH_SUFFIX!r}"
+
+
 def check_array_name(array_name: Any) -> str:
     """An array name must name an array: not the group itself, nor a way out of it.
 
@@ -123,7 +173,8 @@ def resolve_destination(
     Raises
     ------
     ValueError
-        For a bad ``array_name``, or a temp group without one for a lone array.
+        For a bad ``array_name``, one given with a group source (rechunker
+        refuses it too), or a temp group without one for a lone array.
     TypeError
         For a store of an unsupported type.
     """
@@ -132,6 +183,11 @@ def resolve_destination(
         raise ValueError(
             "temp_store is an Icechunk session; intermediates are scratch space written "
             "once and read once, so give an ordinary store (a path or URL), or none"
+        )
+    if name and source_is_group:
+        raise ValueError(
+            f"array_name={array_name!r} names a lone array inside a target group, but the "
+            "source is a group of arrays, which keep their own names; leave array_name out"
         )
     temp = None
     if temp_store is not None:
@@ -149,6 +205,8 @@ def resolve_destination(
     target = resolve_location(
         target_store, options.target_storage, what="target_store", writable=True
     )
+    if temp is None:
+        temp = scratch_beside(target, target_store)
     return Destination(target, isinstance(target_store, zarr.Group), name, temp)
 
 

@@ -12,7 +12,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +38,18 @@ __all__ = [
     "DaskRef",
     "Source",
     "SourceArray",
+    "UnsupportedSourceError",
     "open_source",
 ]
+
+
+class UnsupportedSourceError(TypeError, ValueError):
+    """A source of a type no adapter accepts.
+
+    Both a ``TypeError`` (what it is) and a ``ValueError`` (what rechunker
+    raised), so code migrating from rechunker catches it either way.
+    """
+
 
 #: xarray/CF encoding keys that target_options and temp_options accept for
 #: xarray sources: they decide how values are stored, so they shape the data
@@ -104,6 +114,9 @@ class SourceArray:
         (``fill_value``, ``zarr_format``, ...); user options override them.
     memory : MemoryModel
         What reading this array costs in memory.
+    label : str
+        What views call a lone array (``name`` is ``""``): the last part of
+        its path (``air`` for ``data.zarr/air``), a DataArray's name.
     """
 
     name: str
@@ -112,11 +125,17 @@ class SourceArray:
     attributes: dict[str, Any]
     create_options: dict[str, Any]
     memory: MemoryModel = field(default_factory=MemoryModel)
+    label: str = ""
 
     @property
     def what(self) -> str:
         """The array as messages name it."""
         return f"array {self.name!r}" if self.name else "the source array"
+
+    @property
+    def title(self) -> str:
+        """The array as views name it: its name, its label, or ``array``."""
+        return self.name or self.label or "array"
 
 
 @dataclass(frozen=True)
@@ -206,7 +225,9 @@ def _zarr_array(array: zarr.Array[Any], name: str, location: StoreLocation) -> S
 
 def _from_zarr_array(source: Any) -> Source:
     location = resolve_location(source.store).child(source.path)
-    return Source("zarr array", (_zarr_array(source, "", location),), {}, location)
+    array = _zarr_array(source, "", location)
+    label = "" if location.in_memory else location.describe().rstrip("/").rsplit("/", 1)[-1]
+    return Source("zarr array", (replace(array, label=label),), {}, location)
 
 
 def _from_zarr_group(source: Any) -> Source:
@@ -429,6 +450,16 @@ def _from_xarray(source: xarray.Dataset) -> Source:
     return _encode_dataset(source, {}, 3)
 
 
+def _from_data_array(source: xarray.DataArray) -> Source:
+    """A DataArray is rechunked as the one-variable Dataset named after it."""
+    if source.name is None:
+        raise ValueError(
+            "the xarray.DataArray has no name, and its variable in the target group is "
+            "named after it; name it first: data_array.rename('air')"
+        )
+    return _from_xarray(source.to_dataset())
+
+
 def _instance_of(obj: Any, module: str, name: str) -> bool:
     """``isinstance(obj, module.name)``, without importing ``module``.
 
@@ -446,6 +477,7 @@ ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any], Source]]] = [
     (lambda s: isinstance(s, zarr.Group), _from_zarr_group),
     (lambda s: _instance_of(s, "dask.array", "Array"), _from_dask),
     (lambda s: _instance_of(s, "xarray", "Dataset"), _from_xarray),
+    (lambda s: _instance_of(s, "xarray", "DataArray"), _from_data_array),
     (lambda s: isinstance(s, str | Path | Store), _from_store),
 ]
 
@@ -455,14 +487,15 @@ def open_source(source: Any) -> Source:
 
     Raises
     ------
-    TypeError
-        If no adapter accepts it; the message lists what is accepted.
+    UnsupportedSourceError
+        If no adapter accepts it (a ``TypeError`` and a ``ValueError``); the
+        message lists what is accepted.
     """
     for accepts, adapter in ADAPTERS:
         if accepts(source):
             return adapter(source)
-    raise TypeError(
+    raise UnsupportedSourceError(
         f"unsupported source of type {type(source).__module__}.{type(source).__qualname__}: "
-        "rechunk accepts a zarr.Array, a zarr.Group, a dask.array.Array, an xarray.Dataset, "
-        "or the path, URL or zarr Store of a zarr array or group"
+        "rechunk accepts a zarr.Array, a zarr.Group, a dask.array.Array, an xarray.Dataset "
+        "or DataArray, or the path, URL or zarr Store of a zarr array or group"
     )

@@ -478,11 +478,46 @@ def test_existing_target_is_left_alone(
 
 
 def test_missing_temp_store(tmp_path: Path, disk_source: zarr.Array) -> None:
+    """A target given as a store object gets no scratch place: the error says what to pass."""
     least = least_max_mem(disk_source, TARGET_CHUNKS)
     assert least < single_stage_least_max_mem(SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS)
-    with pytest.raises(ValueError, match=r"needs an intermediate array.*pass temp_store="):
-        call(disk_source, tmp_path, max_mem=least, temp_store=None)
+    store = LocalStore(str(tmp_path / "target.zarr"))
+    with pytest.raises(
+        ValueError, match=r"needs an intermediate array.*pass temp_store=.*target.zarr.rechunk-temp"
+    ):
+        call(disk_source, tmp_path, max_mem=least, temp_store=None, target_store=store)
     assert snapshot(tmp_path / "target.zarr") == {}
+
+
+@pytest.mark.parametrize("keep_temp", [False, True])
+def test_scratch_temp_beside_a_local_target(
+    tmp_path: Path, disk_source: zarr.Array, keep_temp: bool
+) -> None:
+    least = least_max_mem(disk_source, TARGET_CHUNKS)
+    scratch = tmp_path / "target.zarr.rechunk-temp"
+    result = rechunk(
+        disk_source, TARGET_CHUNKS, least, str(tmp_path / "target.zarr"), keep_temp=keep_temp
+    )
+    assert len(result.spec[0].stages) > 1  # planned as if temp_store were given
+    assert f"intermediates: in {scratch}, a scratch directory beside the target" in (
+        result.summary()
+    )
+    assert scratch.is_dir()
+    target = result.execute(progress=False)
+    assert isinstance(target, zarr.Array)
+    npt.assert_array_equal(target[...], disk_source[...])
+    assert scratch.exists() == keep_temp
+    if keep_temp:
+        kept = zarr.open_array(str(scratch / "intermediate1"))
+        npt.assert_array_equal(kept[...], disk_source[...])
+
+
+def test_no_scratch_when_one_stage_does(tmp_path: Path, disk_source: zarr.Array) -> None:
+    result = rechunk(disk_source, None, "10MB", str(tmp_path / "target.zarr"))  # a copy
+    assert len(result.spec[0].stages) == 1
+    assert "a scratch directory" not in result.summary()
+    result.execute(progress=False)
+    assert not (tmp_path / "target.zarr.rechunk-temp").exists()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import numpy.testing as npt
 import pytest
 import zarr
 
-from rechunker_core.cli import main, parse_target_chunks
+from rechunker_core.cli import _parser, main, parse_target_chunks
 from tests.helpers import ArrayFactory, GroupFactory, assert_same_array, snapshot
 
 SHAPE, SOURCE_CHUNKS = (40, 36), (40, 1)
@@ -108,9 +108,15 @@ BAD_ARGS = [
     (["--target-chunks", "1,x", "--max-mem", "1MB"], "--target-chunks"),
     (["--target-chunks", "1,36", "--max-mem", "lots"], "max_mem='lots' is not a size"),
     (["--target-chunks", "1,36", "--max-mem", "100"], "too small"),
-    (["--target-chunks", "1,36", "--max-mem", "500"], "pass --temp"),
     (["--target-chunks", "1,36", "--max-mem", "1MB", "--executor", "nope"], "unknown executor"),
-    (["--target-chunks", "1,36"], "required: --max-mem"),
+    (["--max-mem", "1MB"], "required: --target-chunks"),
+    (["--target-chunks", "1,36", "--target-option", "compressor=zstd"], "did you mean"),
+    (["--target-chunks", "1,36", "--target-option", "compressors=brotli"], "known compressor"),
+    (["--target-chunks", "1,36", "--target-option", "zarr_format"], "is not KEY=VALUE"),
+    (["--target-chunks", "1,36", "--workers", "0"], "not a positive integer"),
+    (["--target-chunks", "1,36", "--executor", "python", "--workers", "2"], "--workers"),
+    (["--target-chunks", "1,36", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler is for"),
+    (["--target-chunks", "a:1,36", "--target-chunks", "1,36"], "name the array in each"),
 ]
 
 
@@ -170,3 +176,28 @@ def test_subprocess_run_and_bad_input(tmp_path: Path, source_path: Path) -> None
     npt.assert_array_equal(
         zarr.open_array(str(target))[...], zarr.open_array(str(source_path))[...]
     )
+
+
+def test_run_without_temp_uses_a_scratch_directory(
+    tmp_path: Path, source_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "target.zarr"
+    argv = ["run", str(source_path), str(target), "--target-chunks", "1,36", "--max-mem", "500"]
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"intermediates: in {target}.rechunk-temp, a scratch directory" in out
+    assert_same_array(zarr.open_array(str(target)), zarr.open_array(str(source_path)))
+    assert not Path(f"{target}.rechunk-temp").exists()
+
+
+def test_every_option_is_in_the_cli_reference() -> None:
+    """docs/cli.md names every command and option the parser has."""
+    reference = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, command in commands.items():
+        assert f"`{name}" in reference, name
+        for action in command._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in reference, f"{name} {option}"

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from rechunker_core.copy import MIN_BATCHES_PER_ROUND, Round, Tracker
+from rechunker_core.copy import (
+    MIN_BATCHES_PER_ROUND,
+    Round,
+    RoundTotals,
+    Tracker,
+    feed_path,
+    new_token,
+    report,
+)
 
 
 def stage(name: int, tasks: int, side: int = 10) -> Any:
@@ -62,9 +73,60 @@ def test_batches_cover_every_task_once(total: int, size: int | None, most: int |
 
 def test_tracker_reports_every_task() -> None:
     heard: list[tuple[int, int]] = []
-    tracker = Tracker(
-        [SimpleNamespace(num_tasks=5)], lambda done, total: heard.append((done, total))
-    )  # type: ignore[list-item]
+    totals = [RoundTotals(0, 5, 50)]
+    tracker = Tracker.of_rounds(totals, lambda done, total: heard.append((done, total)))
     for tasks in (2, 0, 3):
-        tracker.finished(tasks)
+        tracker.finished(tasks, 0)
     assert heard == [(2, 5), (2, 5), (5, 5)]
+    assert tracker.bytes_done == 50
+
+
+class Listener:
+    """A ProgressListener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.rounds: list[RoundTotals] = []
+        self.events: list[tuple[int, int, int]] = []
+        self.closed = False
+
+    def start(self, rounds: Sequence[RoundTotals]) -> None:
+        self.rounds = list(rounds)
+
+    def advance(self, round_number: int, tasks: int, nbytes: int) -> None:
+        self.events.append((round_number, tasks, nbytes))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_tracker_bytes_add_up_per_round() -> None:
+    listener = Listener()
+    tracker = Tracker.of_rounds([RoundTotals(0, 3, 100), RoundTotals(1, 7, 10)], listener)
+    tracker.close()
+    assert listener.closed and listener.rounds[1].tasks == 7
+    for round_number, tasks in [(0, 1), (1, 3), (0, 1), (1, 4), (0, 1)]:
+        tracker.finished(tasks, round_number)
+    per_round = [sum(b for r, _, b in listener.events if r == k) for k in (0, 1)]
+    assert per_round == [100, 10]  # exact once each round is complete
+    assert tracker.done == tracker.total == 10
+
+
+def test_reports_reach_a_listening_tracker_from_other_processes() -> None:
+    """Same process: straight to the tracker; another process: through the feed file."""
+    heard: list[tuple[int, int]] = []
+    tracker = Tracker.of_rounds(
+        [RoundTotals(0, 4, 4), RoundTotals(1, 6, 6)], lambda d, t: heard.append((d, t))
+    )
+    token = new_token()
+    report(token, 0, 1)  # nobody listens yet: dropped
+    assert not feed_path(token).exists()
+    with tracker.listening(token):
+        report(token, 0, 4)
+        assert tracker.done == 4
+        code = (
+            "from rechunker_core.copy import report\n"
+            f"report({token!r}, 1, 2)\nreport({token!r}, 1, 4)\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert heard == [(4, 10), (6, 10), (10, 10)]
+    assert not feed_path(token).exists()

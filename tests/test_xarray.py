@@ -312,3 +312,29 @@ def test_planning_computes_nothing(tmp_path: Path) -> None:
     rechunked.execute()
     assert sorted(computed) == sorted(set(computed))  # each block once: one task per block
     assert len(computed) == air.npartitions
+
+
+def test_a_data_array_is_a_one_variable_dataset(tmp_path: Path) -> None:
+    source = open_lazy(write_source(tmp_path / "s.zarr"))["air"]
+    target = tmp_path / "t.zarr"
+    rechunk(source, {"time": -1, "lat": 6}, "1MB", str(target)).execute(progress=False)
+    result = open_lazy(str(target))
+    assert set(result.data_vars) == {"air"}
+    xr.testing.assert_identical(result["air"], source)
+    assert result["air"].encoding["chunks"] == (T, 6, 16)
+    unnamed = source.rename(None)
+    with pytest.raises(ValueError, match="has no name"):
+        rechunk(unnamed, {"time": -1}, "1MB", str(tmp_path / "u.zarr"))
+    assert not (tmp_path / "u.zarr").exists()
+
+
+def test_dimension_chunks_keep_index_coordinates_whole(tmp_path: Path) -> None:
+    source = open_lazy(write_source(tmp_path / "s.zarr"))
+    target = tmp_path / "t.zarr"
+    rechunk(source, {"lon": 4, "time": 10}, "1MB", str(target)).execute(progress=False)
+    stored = zarr.open_group(str(target))
+    assert stored["air"].chunks == (10, 12, 4)
+    assert stored["lon"].chunks == (16,)  # xarray keeps an index whole
+    assert stored["time"].chunks == (T,)
+    assert stored["station"].chunks == (4,)  # a non-index coordinate follows its dimension
+    xr.testing.assert_identical(open_lazy(str(target)), source)

@@ -92,11 +92,11 @@ def test_single_stage(
     executor: Any, place: Places, make_array: ArrayFactory, zarr_format: int
 ) -> None:
     source = source_array(place, make_array, zarr_format)
-    result = rechunk(source, (10, 37), "1MB", place("target"), executor=executor)
+    result = rechunk(source, (41, 5), "1MB", place("target"), executor=executor)
     assert len(result.spec[0].stages) == 1
     target = result.execute()
     assert isinstance(target, zarr.Array)
-    assert target.chunks == (10, 37)
+    assert target.chunks == (41, 5)
     assert target.metadata.zarr_format == zarr_format
     assert_same_array(target, source)
 
@@ -241,3 +241,27 @@ def test_refuses_in_memory_stores(
                 assert not StoreLocation(store).exists()
             else:
                 assert snapshot(store) == {}
+
+
+def test_reports_progress(executor: Any, place: Places, make_group: GroupFactory) -> None:
+    """Every finished task reaches ``progress``, in order, whichever process ran it."""
+    source = make_group(place("source"), 3)
+    result = rechunk(
+        source,
+        {"temp": (1, 45), "sub/deeper/counts": (10,)},
+        2500,
+        place("target"),
+        temp_store=place("temp"),
+        executor=executor,
+    )
+    total = sum(spec.num_tasks for spec in result.spec)
+    assert any(len(spec.stages) > 1 for spec in result.spec)
+    heard: list[tuple[int, int]] = []
+    target = result.execute(progress=lambda done, of: heard.append((done, of)))
+    assert isinstance(target, zarr.Group)
+    assert heard[-1] == (total, total)
+    assert {of for _, of in heard} == {total}
+    assert [done for done, _ in heard] == sorted(done for done, _ in heard)
+    assert heard[0][0] > 0
+    for name in ("temp", "sub/deeper/counts"):
+        assert_same_array(target[name], source[name])

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +21,7 @@ import zarr
 
 from rechunker_core.geometry import Region, split_region
 from rechunker_core.locations import StoreLocation, location_from_dict, location_to_dict
+from rechunker_core.retry import RetryPolicy, retrying
 
 __all__ = ["ZarrRef", "clear_cache", "open_array", "remove"]
 
@@ -41,6 +43,9 @@ class ZarrRef:
         The write unit: shards when the array is sharded, else chunks.
     read_chunks : tuple of int
         The decode unit: the (inner) chunks.
+    retry : RetryPolicy
+        How each read and each chunk write is retried on a transient store
+        error (:mod:`rechunker_core.retry`).
     """
 
     location: StoreLocation
@@ -48,6 +53,7 @@ class ZarrRef:
     dtype: np.dtype[Any]
     chunks: tuple[int, ...]
     read_chunks: tuple[int, ...]
+    retry: RetryPolicy = field(default=RetryPolicy(), compare=False)
 
     @classmethod
     def from_array(cls, array: zarr.Array[Any], location: StoreLocation) -> ZarrRef:
@@ -69,9 +75,23 @@ class ZarrRef:
             array = open_array(self.location, mode)
         return array
 
+    def describe(self) -> str:
+        """The array and its store, for messages."""
+        return f"the array {self.location.path or '/'!r} in store {self.location.store}"
+
     def read(self, region: Region) -> np.ndarray[Any, Any]:
-        """Read ``region`` into a new numpy array."""
-        return np.asarray(self.open("r")[region])
+        """Read ``region`` into a new numpy array, retrying transient store errors.
+
+        Raises
+        ------
+        StoreError
+            Naming the region, the array and the store, when retrying cannot help.
+        """
+        return retrying(
+            lambda: np.asarray(self.open("r")[region]),
+            lambda: f"reading {_region_text(region)} of {self.describe()}",
+            self.retry,
+        )
 
     def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
         """Write ``data`` to ``region``; the region must cover whole write chunks.
@@ -83,8 +103,16 @@ class ZarrRef:
         (docs/algorithm.md). Chunks holding only the fill value are skipped
         unless the array writes empty chunks, as zarr would: the arrays are
         new, so a skipped chunk reads as the fill value.
+
+        Each chunk write is retried on its own on a transient store error
+        (a whole chunk may be written again); see :mod:`rechunker_core.retry`.
+
+        Raises
+        ------
+        StoreError
+            Naming the chunk key, the array and the store, when retrying cannot help.
         """
-        array = self.open("r+")
+        array = retrying(lambda: self.open("r+"), lambda: f"opening {self.describe()}", self.retry)
         skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
         writer = array.with_config({"write_empty_chunks": True})
         for piece in split_region(region, self.chunks):
@@ -92,7 +120,17 @@ class ZarrRef:
             block = np.asarray(data[local], order="C")  # ascontiguousarray makes 0-d 1-d
             if skip_empty and _all_fill(block, array.fill_value):
                 continue
-            writer[piece] = block
+            retrying(
+                partial(writer.__setitem__, piece, block),
+                partial(self._describe_write, array, piece),
+                self.retry,
+            )
+
+    def _describe_write(self, array: zarr.Array[Any], piece: Region) -> str:
+        """Name the write chunk (shard) at ``piece`` by its store key: ``c/0/3``, ``0.3``."""
+        coords = tuple(p.start // c for p, c in zip(piece, self.chunks))
+        key = array.metadata.encode_chunk_key(coords)
+        return f"writing chunk {key} (region {_region_text(piece)}) of {self.describe()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description; the store must be a path or URL."""
@@ -102,6 +140,7 @@ class ZarrRef:
             "dtype": self.dtype.str,
             "chunks": list(self.chunks),
             "read_chunks": list(self.read_chunks),
+            "retry": self.retry.to_dict(),
         }
 
     @classmethod
@@ -113,7 +152,17 @@ class ZarrRef:
             dtype=np.dtype(data["dtype"]),
             chunks=tuple(data["chunks"]),
             read_chunks=tuple(data["read_chunks"]),
+            retry=RetryPolicy.from_dict(data["retry"]) if "retry" in data else RetryPolicy(),
         )
+
+
+def _region_text(region: Region) -> str:
+    """A region as ``[0:10, 30:40]``.
+
+    >>> _region_text((slice(0, 10), slice(30, 40)))
+    '[0:10, 30:40]'
+    """
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
 def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:

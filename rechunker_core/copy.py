@@ -12,6 +12,11 @@ Every executor calls these, and nothing else copies:
 - :class:`Tracker` counts finished batches and reports progress, whichever
   executor ran them.
 - :func:`finish` is the last step of every plan.
+
+Resuming is one rule here, so every engine resumes the same way:
+:func:`run_batch` records each task in its stage's journal once all its
+writes returned, and a round leaves out the tasks its journals record as
+done (:attr:`Round.done`), whether it is cut into batches or into parts.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import cached_property, partial
 from itertools import zip_longest
 
 from rechunker_core.geometry import Region
+from rechunker_core.journal import TaskSet, discard, finished, recorder, remove_marker
+from rechunker_core.retry import retrying
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import remove
 
@@ -75,15 +83,44 @@ class Batch:
 
 
 def run_batch(batch: Batch) -> int:
-    """Copy every task of ``batch``; return how many were copied."""
+    """Copy every task of ``batch``; return how many were copied.
+
+    Each task is recorded in the stage's journal only after all its writes
+    returned, and the batch returns only once its records are in the store:
+    a process killed at any moment leaves unrecorded at most the tasks it
+    was running.
+    """
+    stage = batch.stage
+    journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
     for task in batch.tasks:
-        copy_region(batch.stage, batch.stage.task_region(task))
+        copy_region(stage, stage.task_region(task))
+        journal.add(task)
+    journal.commit()
     return batch.num_tasks
 
 
-def _split(stage: CopySpec, size: int) -> Iterator[Batch]:
-    for start in range(0, stage.num_tasks, size):
-        yield Batch(stage, range(start, min(start + size, stage.num_tasks)))
+def _finished(stage: CopySpec) -> TaskSet:
+    """The tasks of ``stage`` its journal records as done."""
+    if stage.journal is None:
+        return TaskSet.union([])
+    return finished(
+        stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
+    )
+
+
+def _split(stage: CopySpec, size: int, done: TaskSet) -> Iterator[Batch]:
+    """Batches of ``size`` tasks, aligned to multiples of ``size``, of the tasks not done.
+
+    >>> from types import SimpleNamespace as NS
+    >>> [b.tasks for b in _split(NS(num_tasks=9), 4, TaskSet.union([(1, 3)]))]
+    [range(0, 1), range(3, 4), range(4, 8), range(8, 9)]
+    """
+    for first, stop in done.missing(0, stage.num_tasks):
+        start = first
+        while start < stop:
+            end = min(stop, (start // size + 1) * size)
+            yield Batch(stage, range(start, end))
+            start = end
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,19 @@ class Round:
     def num_tasks(self) -> int:
         """Tasks over every stage of the round."""
         return sum(stage.num_tasks for stage in self.stages)
+
+    @cached_property
+    def done(self) -> tuple[TaskSet, ...]:
+        """Per stage, the tasks its journal records as done: read once, when first asked.
+
+        :meth:`batches`, :meth:`tasks` and :meth:`part` leave these tasks out.
+        """
+        return tuple(_finished(stage) for stage in self.stages)
+
+    @property
+    def num_done(self) -> int:
+        """Tasks of the round already done (by an earlier, interrupted run)."""
+        return sum(done.count for done in self.done)
 
     def tasks(self) -> Iterator[Batch]:
         """Every task as a batch of one, lazily."""
@@ -117,7 +167,8 @@ class Round:
         >>> from types import SimpleNamespace as NS
         >>> import numpy as np
         >>> def stage(n, side):
-        ...     return NS(num_tasks=n, task_chunks=(side, side), source=NS(dtype=np.dtype("f8")))
+        ...     source = NS(dtype=np.dtype("f8"))
+        ...     return NS(num_tasks=n, task_chunks=(side, side), source=source, journal=None)
         >>> big, tiny = stage(50, 1000), stage(10**5, 10)
         >>> [b.num_tasks for b in Round(0, (big,)).batches()][:2]
         [1, 1]
@@ -128,11 +179,11 @@ class Round:
         >>> len(list(Round(0, (tiny,)).batches(most=7)))
         7
         """
-        for stage in self.stages:
+        for stage, done in zip(self.stages, self.done):
             chosen = size or self._auto_size(stage)
             if most is not None:
                 chosen = max(chosen, math.ceil(stage.num_tasks / most))
-            yield from _split(stage, chosen)
+            yield from _split(stage, chosen, done)
 
     def _auto_size(self, stage: CopySpec) -> int:
         task_bytes = math.prod(stage.task_chunks) * stage.source.dtype.itemsize
@@ -144,18 +195,20 @@ class Round:
 
         The round's tasks are numbered one after another, stage by stage; part
         ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
+        Tasks already done are left out, so a part run again does only the rest.
 
         >>> from types import SimpleNamespace as NS
-        >>> r = Round(0, (NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)))
+        >>> a, b = NS(name="a", num_tasks=3, journal=None), NS(name="b", num_tasks=4, journal=None)
+        >>> r = Round(0, (a, b))
         >>> [[(b.stage.name, b.tasks) for b in r.part(i, 3)] for i in range(3)]
         [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
         """
         low, high = part * self.num_tasks // parts, (part + 1) * self.num_tasks // parts
         batches, offset = [], 0
-        for stage in self.stages:
+        for stage, done in zip(self.stages, self.done):
             start, stop = max(low, offset), min(high, offset + stage.num_tasks)
-            if start < stop:
-                batches.append(Batch(stage, range(start - offset, stop - offset)))
+            for first, end in done.missing(start - offset, stop - offset):
+                batches.append(Batch(stage, range(first, end)))
             offset += stage.num_tasks
         return batches
 
@@ -204,14 +257,22 @@ def run_local(
     tracker = Tracker(specs, progress)
     if workers <= 1:
         for round_ in rounds(specs):
+            _count_done(round_, tracker)
             for batch in round_.tasks():
                 tracker.finished(run_batch(batch))
     else:
         with ThreadPoolExecutor(workers, thread_name_prefix="rechunk") as pool:
             for round_ in rounds(specs):
+                _count_done(round_, tracker)
                 for copied in _bounded(pool, round_.tasks(), 2 * workers):
                     tracker.finished(copied)
     finish(specs)
+
+
+def _count_done(round_: Round, tracker: Tracker) -> None:
+    """Report the tasks an interrupted run finished as done."""
+    if round_.num_done:
+        tracker.finished(round_.num_done)
 
 
 def _bounded(pool: ThreadPoolExecutor, batches: Iterable[Batch], limit: int) -> Iterator[int]:
@@ -233,17 +294,37 @@ def _bounded(pool: ThreadPoolExecutor, batches: Iterable[Batch], limit: int) -> 
 
 def finish(specs: Iterable[StagedCopySpec]) -> None:
     """The last step of every plan: delete the intermediates the run created,
-    then the directories it made for them if they are empty, and release its claims.
+    then the directories it made for them if they are empty, mark the target
+    complete, and release the run's claims.
 
     Nothing else is deleted: the specs list only what the run itself created.
+    The order makes a crash here harmless: an intermediate's journal goes
+    before its data (a half-deleted intermediate is never taken as done), and
+    the target's journal only after its marker (until then a resumed run sees
+    its last stage done, and copies nothing again).
     """
     specs = tuple(specs)
     for spec in specs:
+        policy = spec.target.retry
+        for stage in spec.stages[:-1]:
+            discard(stage.journal, policy)
         for location in spec.cleanup:
-            remove(location)
+            retrying(partial(remove, location), f"deleting {location.describe()}", policy)
     for spec in specs:
         for location in spec.remove_empty:
             location.remove_if_empty()
     for spec in specs:
+        for place in spec.incomplete:
+            retrying(
+                partial(remove_marker, place),
+                f"marking {place.describe()} complete",
+                spec.target.retry,
+            )
+    for spec in specs:
+        discard(spec.stages[-1].journal, spec.target.retry)
         for claim in spec.claims:
-            claim.release()
+            retrying(
+                partial(claim.release, strict=True),
+                f"releasing the claim on {claim.location.describe()}",
+                spec.target.retry,
+            )

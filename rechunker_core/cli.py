@@ -21,6 +21,8 @@ from rechunker_core.demo import run_demo
 from rechunker_core.executors.parts import PartsExecutor, finish_plan, load_plan, run_part
 from rechunker_core.options import parse_bytes
 from rechunker_core.progress import ProgressBar
+from rechunker_core.resume import clean, is_complete
+from rechunker_core.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 
 __all__ = ["main", "parse_target_chunks"]
 
@@ -73,6 +75,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         target_options={"overwrite": True} if args.overwrite else None,
         temp_store=args.temp,
         executor=PartsExecutor(args.save, parts=args.parts),
+        retries=args.retries,
+        retry_backoff=args.retry_backoff,
     )
     print(rechunked.summary())
     rounds = rechunked.plan.rounds
@@ -107,12 +111,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
         target_options=options,
         temp_store=args.temp,
         executor=args.executor,
+        resume=args.resume,
+        retries=args.retries,
+        retry_backoff=args.retry_backoff,
     )
     print(rechunked.summary())
     start = time.perf_counter()
     rechunked.execute(progress=ProgressBar())
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed:.1f} s")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    removed = clean(args.target, args.temp)
+    for what in removed:
+        print(f"removed {what}")
+    if not removed:
+        print(f"nothing to clean: {args.target} is complete and holds no leftovers")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    node = _open_source(args.path)
+    if isinstance(node, zarr.Array):
+        print(f"array {node.shape} {node.dtype}, chunks {node.chunks}, shards {node.shards}")
+    else:
+        print(f"group of {len(list(node.array_keys()))} array(s)")
+    if is_complete(args.path):
+        print("complete: yes")
+    else:
+        print(
+            "complete: NO (a run is writing it, or was interrupted: run it again with "
+            "--resume, or remove it with 'rechunker-core clean')"
+        )
     return 0
 
 
@@ -186,7 +218,49 @@ def _parser() -> argparse.ArgumentParser:
         help="replace source.zarr, target.zarr and temp.zarr in a --dir the demo did not make",
     )
     demo.set_defaults(run=_cmd_demo)
+    return _with_reliability(parser, sub, plan, run)
+
+
+def _with_reliability(
+    parser: argparse.ArgumentParser,
+    sub: Any,
+    plan: argparse.ArgumentParser,
+    run: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """Add what failures need: ``run --resume``, retry options, ``clean`` and ``info``."""
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same job, skipping the work it finished",
+    )
+    for p in (plan, run):
+        _retry_flags(p)
+    clean_ = sub.add_parser(
+        "clean", help="remove what an abandoned (interrupted) run created, and nothing else"
+    )
+    clean_.add_argument("target", help="the target the run wrote into")
+    clean_.add_argument("--temp", help="its temp store, if it was not a path or URL")
+    clean_.set_defaults(run=_cmd_clean)
+    info = sub.add_parser("info", help="describe a zarr array or group and say if it is complete")
+    info.add_argument("path", help="path or URL of a zarr array or group")
+    info.set_defaults(run=_cmd_info)
     return parser
+
+
+def _retry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help=f"retries of a chunk read or write after a transient store error ({DEFAULT_RETRIES})",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=DEFAULT_BACKOFF,
+        metavar="SECONDS",
+        help=f"wait before the first retry; later waits double ({DEFAULT_BACKOFF})",
+    )
 
 
 def _max_mem(text: str) -> int:

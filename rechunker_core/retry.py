@@ -14,10 +14,11 @@ classifying them costs no import.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ __all__ = [
     "StoreError",
     "is_transient",
     "retrying",
+    "retrying_async",
 ]
 
 T = TypeVar("T")
@@ -192,6 +194,21 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def _wait_or_raise(
+    error: Exception, attempt: int, what: str | Callable[[], str], policy: RetryPolicy
+) -> float:
+    """Seconds to wait before retrying after ``error``; raise StoreError if not to retry."""
+    transient = is_transient(error)
+    if not transient or attempt >= policy.retries:
+        described = what() if callable(what) else what
+        tries = f"after {attempt + 1} attempts" if attempt else "on the first attempt"
+        kind = "transient" if transient else "permanent"
+        raise StoreError(
+            f"{described} failed {tries} ({kind} error): {type(error).__name__}: {error}"
+        ) from error
+    return policy.wait(attempt)
+
+
 def retrying(
     operation: Callable[[], T],
     what: str | Callable[[], str],
@@ -238,13 +255,21 @@ def retrying(
         try:
             return operation()
         except Exception as error:
-            transient = is_transient(error)
-            if not transient or attempt >= policy.retries:
-                described = what() if callable(what) else what
-                tries = f"after {attempt + 1} attempts" if attempt else "on the first attempt"
-                kind = "transient" if transient else "permanent"
-                raise StoreError(
-                    f"{described} failed {tries} ({kind} error): {type(error).__name__}: {error}"
-                ) from error
-            sleep(policy.wait(attempt))
-            attempt += 1
+            sleep(_wait_or_raise(error, attempt, what, policy))
+        attempt += 1
+
+
+async def retrying_async(
+    operation: Callable[[], Awaitable[T]],
+    what: str | Callable[[], str],
+    policy: RetryPolicy | None = None,
+) -> T:
+    """:func:`retrying` for a coroutine: the waits do not hold up the event loop."""
+    policy = policy or RetryPolicy()
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except Exception as error:
+            await asyncio.sleep(_wait_or_raise(error, attempt, what, policy))
+        attempt += 1

@@ -9,21 +9,25 @@ bounded LRU.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
 
 from rechunker_core.geometry import Region, split_region
 from rechunker_core.locations import StoreLocation, location_from_dict, location_to_dict
-from rechunker_core.retry import RetryPolicy, retrying
+from rechunker_core.retry import RetryPolicy, retrying_async
 
-__all__ = ["ZarrRef", "clear_cache", "open_array", "remove"]
+__all__ = ["RetryingStore", "ZarrRef", "clear_cache", "open_array", "remove"]
 
 #: Arrays each process keeps open at most (reading ``zarr.json`` again is cheap,
 #: but not free on object stores).
@@ -44,8 +48,8 @@ class ZarrRef:
     read_chunks : tuple of int
         The decode unit: the (inner) chunks.
     retry : RetryPolicy
-        How each read and each chunk write is retried on a transient store
-        error (:mod:`rechunker_core.retry`).
+        How each store request is retried on a transient error
+        (:mod:`rechunker_core.retry`).
     """
 
     location: StoreLocation
@@ -67,31 +71,27 @@ class ZarrRef:
         )
 
     def open(self, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
-        """Open the array (once per process and mode; see :func:`open_array`)."""
-        array = open_array(self.location, mode)
+        """Open the array (once per process and mode; see :func:`open_array`).
+
+        Every store request of the array opened is retried on a transient
+        error as :attr:`retry` says (:class:`RetryingStore`).
+        """
+        array = open_array(self.location, mode, self.retry)
         if (tuple(array.shape), tuple(array.shards or array.chunks)) != (self.shape, self.chunks):
             # Replaced since this process opened it (overwrite=True): the copy is stale.
             clear_cache(self.location)
-            array = open_array(self.location, mode)
+            array = open_array(self.location, mode, self.retry)
         return array
 
-    def describe(self) -> str:
-        """The array and its store, for messages."""
-        return f"the array {self.location.path or '/'!r} in store {self.location.store}"
-
     def read(self, region: Region) -> np.ndarray[Any, Any]:
-        """Read ``region`` into a new numpy array, retrying transient store errors.
+        """Read ``region`` into a new numpy array.
 
         Raises
         ------
         StoreError
-            Naming the region, the array and the store, when retrying cannot help.
+            Naming the chunk's key and the store, when retrying cannot help.
         """
-        return retrying(
-            lambda: np.asarray(self.open("r")[region]),
-            lambda: f"reading {_region_text(region)} of {self.describe()}",
-            self.retry,
-        )
+        return np.asarray(self.open("r")[region])
 
     def write(self, region: Region, data: np.ndarray[Any, Any]) -> None:
         """Write ``data`` to ``region``; the region must cover whole write chunks.
@@ -104,15 +104,12 @@ class ZarrRef:
         unless the array writes empty chunks, as zarr would: the arrays are
         new, so a skipped chunk reads as the fill value.
 
-        Each chunk write is retried on its own on a transient store error
-        (a whole chunk may be written again); see :mod:`rechunker_core.retry`.
-
         Raises
         ------
         StoreError
-            Naming the chunk key, the array and the store, when retrying cannot help.
+            Naming the chunk's key and the store, when retrying cannot help.
         """
-        array = retrying(lambda: self.open("r+"), lambda: f"opening {self.describe()}", self.retry)
+        array = self.open("r+")
         skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
         writer = array.with_config({"write_empty_chunks": True})
         for piece in split_region(region, self.chunks):
@@ -120,17 +117,7 @@ class ZarrRef:
             block = np.asarray(data[local], order="C")  # ascontiguousarray makes 0-d 1-d
             if skip_empty and _all_fill(block, array.fill_value):
                 continue
-            retrying(
-                partial(writer.__setitem__, piece, block),
-                partial(self._describe_write, array, piece),
-                self.retry,
-            )
-
-    def _describe_write(self, array: zarr.Array[Any], piece: Region) -> str:
-        """Name the write chunk (shard) at ``piece`` by its store key: ``c/0/3``, ``0.3``."""
-        coords = tuple(p.start // c for p, c in zip(piece, self.chunks))
-        key = array.metadata.encode_chunk_key(coords)
-        return f"writing chunk {key} (region {_region_text(piece)}) of {self.describe()}"
+            writer[piece] = block
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready description; the store must be a path or URL."""
@@ -156,13 +143,59 @@ class ZarrRef:
         )
 
 
-def _region_text(region: Region) -> str:
-    """A region as ``[0:10, 30:40]``.
+class RetryingStore(WrapperStore[Store]):
+    """A zarr store whose every request is retried on a transient error.
 
-    >>> _region_text((slice(0, 10), slice(30, 40)))
-    '[0:10, 30:40]'
+    Retrying each request (one chunk, or the byte range of one inner chunk
+    of a shard), not a whole region read, keeps retries effective: a region
+    of 24 chunks at 5% failed requests fails 71% of reads. The waits are
+    ``asyncio.sleep``: other requests go on meanwhile. See
+    :mod:`rechunker_core.retry`.
     """
-    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+
+    def __init__(self, store: Store, policy: RetryPolicy) -> None:
+        super().__init__(store)
+        self.policy = policy
+
+    def _with_store(self, store: Store) -> RetryingStore:
+        return RetryingStore(store, self.policy)
+
+    def _what(self, verb: str, key: str) -> str:
+        return f"{verb} {key!r} in store {self._store}"
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        return await retrying_async(
+            lambda: self._store.get(key, prototype, byte_range),
+            partial(self._what, "reading", key),
+            self.policy,
+        )
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        ranges = list(key_ranges)
+        return await asyncio.gather(*(self.get(key, prototype, r) for key, r in ranges))
+
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    async def exists(self, key: str) -> bool:
+        return await retrying_async(
+            lambda: self._store.exists(key), partial(self._what, "looking for", key), self.policy
+        )
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await retrying_async(
+            lambda: self._store.set(key, value), partial(self._what, "writing", key), self.policy
+        )
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        await asyncio.gather(*(self.set(key, value) for key, value in values))
 
 
 def _all_fill(block: np.ndarray[Any, Any], fill_value: Any) -> bool:
@@ -204,20 +237,25 @@ _cache: OrderedDict[tuple[Any, ...], zarr.Array[Any]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def open_array(location: StoreLocation, mode: Literal["r", "r+"] = "r") -> zarr.Array[Any]:
+def open_array(
+    location: StoreLocation, mode: Literal["r", "r+"] = "r", retry: RetryPolicy | None = None
+) -> zarr.Array[Any]:
     """Open the zarr array at ``location``, reusing this process's open copy.
 
+    With ``retry``, every store request of the array is retried on a
+    transient error (:class:`RetryingStore`), opening it included.
     Keeps at most :data:`CACHE_SIZE` arrays, dropping the least recently used,
     so a long-lived worker never holds an unbounded number open.
     """
-    key = (*location.key, mode)
+    key = (*location.key, mode, retry)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    array = zarr.open_array(
-        store=location.open_store(read_only=mode == "r"), path=location.path, mode=mode
-    )
+    store = location.open_store(read_only=mode == "r")
+    if retry is not None:
+        store = RetryingStore(store, retry)
+    array = zarr.open_array(store=store, path=location.path, mode=mode)
     with _cache_lock:
         _cache[key] = array
         while len(_cache) > CACHE_SIZE:

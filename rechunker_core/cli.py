@@ -1,5 +1,5 @@
-"""The ``rechunker-core`` command line: plan, run, demo, and run-part/finish for
-plans run by independent processes (HPC array jobs).
+"""The ``rechunker-core`` command line: plan, run, info, clean, demo, and
+run-part/finish for plans run by independent processes (HPC array jobs).
 
 Bad input prints one line on stderr and exits with status 2, before anything
 is written.
@@ -275,6 +275,7 @@ _CLI_SPELLINGS = (
     ("target_options={'overwrite': True}", "--overwrite"),
     ("temp_options={'overwrite': True}", "--overwrite"),
     ("pass temp_store=", "pass --temp"),
+    ("resume=True", "--resume"),
     ("target_store", "TARGET"),
     ("temp_store", "--temp"),
     ("max_mem", "--max-mem"),

@@ -135,6 +135,12 @@ def _check_free(jobs: Sequence[ArrayJob], dest: Destination, resume: bool) -> No
             incomplete = read_marker(place) is not None
             if resume and incomplete:
                 continue
+            if resume:
+                raise ValueError(
+                    f"resume=True, but the target {place.describe()} holds data that no "
+                    "interrupted rechunk left (it is complete, or not a rechunk's): nothing to "
+                    "resume; pass target_options={'overwrite': True} to replace it"
+                )
             hint = " left incomplete by an interrupted rechunk; pass resume=True to finish it, or"
             raise ValueError(
                 f"the target {place.describe()} already holds data{hint if incomplete else ';'} "

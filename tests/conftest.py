@@ -11,12 +11,16 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import zarr
+from zarr.storage import LocalStore, MemoryStore
 
 from rechunker_core.executors.prefect import QUIET_SETTINGS
+from tests.faults import digest
 from tests.helpers import ArrayFactory, GroupFactory, create_array, create_group
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="rechunker-core-prefect-")
@@ -70,3 +74,26 @@ def make_array() -> ArrayFactory:
 def make_group() -> GroupFactory:
     """Factory: ``make_group(store, zarr_format)`` -> the nested group of :func:`create_group`."""
     return create_group
+
+
+@pytest.fixture
+def frozen_source(make_array: ArrayFactory) -> Iterator[Callable[..., zarr.Array]]:
+    """Factory: ``frozen_source(store, shape, chunks, **options)`` -> a source opened read-only.
+
+    The array is made in ``store`` (a path or a MemoryStore), then opened
+    through a read-only store, as every rechunking test of the failure suite
+    reads its source. When the test ends, the source store must hash as it
+    did when it was made.
+    """
+    made: list[tuple[Any, str]] = []
+
+    def make(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], **options: Any) -> Any:
+        make_array(store, shape, chunks, **options)
+        made.append((store, digest(store)))
+        if isinstance(store, MemoryStore):
+            return zarr.open_array(store.with_read_only(True), mode="r")
+        return zarr.open_array(LocalStore(str(Path(store)), read_only=True), mode="r")
+
+    yield make
+    for store, before in made:
+        assert digest(store) == before, f"the source {store} was modified"

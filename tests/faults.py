@@ -10,7 +10,8 @@
 - :func:`log_tasks` notes every task a run starts, so a test can count the
   tasks a resumed run did again.
 - ``python -m tests.faults ...`` runs a rechunk (or a part of a saved plan)
-  that stalls at a chosen point, for a test to kill with SIGKILL.
+  that stalls at a chosen point, for a test to kill with SIGKILL, or that
+  waits for other copies of itself, so they run at once.
 """
 
 from __future__ import annotations
@@ -277,6 +278,26 @@ def _stall_on_chunk_write(after: int) -> None:
     LocalStore.set = stalling  # type: ignore[method-assign]
 
 
+def _gate_on_first_write(gate: str, count: int) -> None:
+    """On its first chunk write, this process waits until ``count`` processes got there.
+
+    Each arriving process leaves a file in the folder ``gate``: so several
+    copies of one part really run at once.
+    """
+    original, arrived = LocalStore.set, threading.Event()
+
+    async def gated(self: LocalStore, key: str, value: Buffer) -> None:
+        if is_chunk(key) and not arrived.is_set():
+            os.makedirs(gate, exist_ok=True)
+            Path(gate, str(os.getpid())).touch()
+            while len(os.listdir(gate)) < count:
+                threading.Event().wait(0.02)
+            arrived.set()
+        await original(self, key, value)
+
+    LocalStore.set = gated  # type: ignore[method-assign]
+
+
 def _stall_in_finish() -> None:
     """Stall after the last step deleted the first intermediate."""
     original = copy_module.remove
@@ -317,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     """``run SOURCE TARGET TEMP ...`` or ``run-part PLAN ...``: see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m tests.faults")
     parser.add_argument("--log", required=True, help="append each task started to this file")
-    parser.add_argument("--stall", choices=["none", "write", "between", "finish"], default="none")
-    parser.add_argument("--after", type=int, default=1, help="--stall write: chunk write number")
+    stalls = ["none", "write", "between", "finish", "gate"]
+    parser.add_argument("--stall", choices=stalls, default="none")
+    parser.add_argument(
+        "--after", type=int, default=1, help="write: chunk write number; gate: processes"
+    )
+    parser.add_argument("--gate", help="--stall gate: the folder the processes meet in")
     parser.add_argument("--fail-after", type=int, help="raise once this many tasks started")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
@@ -340,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stall == "write":
         _stall_on_chunk_write(args.after)
+    elif args.stall == "gate":
+        _gate_on_first_write(args.gate, args.after)
     return cli(["run-part", *args.rest])
 
 

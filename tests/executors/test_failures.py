@@ -1,0 +1,211 @@
+"""Engines under failure: a dask worker killed, a part killed or run twice, a task raising once.
+
+Each engine's own mechanism takes care of what it can (dask reschedules a
+dead worker's tasks, Prefect and Beam retry a failed task), and the journal
+makes a part run again do only what is left. Sources are read through
+read-only stores and hashed before and after (``frozen_source``); every
+target is compared with its source element by element.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy.testing as npt
+import pytest
+import zarr
+from zarr.storage import LocalStore
+
+from rechunker_core import is_complete, rechunk
+from rechunker_core.executors.parts import PartsExecutor, finish_plan, load_plan, run_part
+from tests.faults import OnceStore
+
+Source = Callable[..., Any]
+REPO = Path(__file__).resolve().parents[2]
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES = (60, 48), (60, 1), (1, 48), 2000
+
+
+def wait_for(path: Path, process: Any = None) -> str:
+    """Block until ``path`` holds something (written by another process); return it."""
+    event = threading.Event()
+    while not (path.exists() and path.read_text()):
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{process.args} ended early")
+        event.wait(0.02)
+    return path.read_text()
+
+
+# --------------------------------------------------------------------------
+# dask.distributed: a worker killed with SIGKILL in the middle of a stage
+# --------------------------------------------------------------------------
+
+
+def test_dask_worker_killed_mid_stage(
+    tmp_path: Path, frozen_source: Source, dask_client: Any
+) -> None:
+    """On the session's LocalCluster (workers under nannies); it has both workers back after."""
+    from rechunker_core.executors.dask import DaskExecutor
+
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    flag = tmp_path / "stalled-worker"
+    # The first chunk write of stage 0 (into the intermediate) stalls its worker.
+    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), stall=True)
+    rechunked = rechunk(
+        source,
+        TARGET_CHUNKS,
+        TWO_STAGES,
+        str(tmp_path / "t.zarr"),
+        temp_store=temp,
+        executor=DaskExecutor(scheduler=dask_client),
+    )
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(out=rechunked.execute()))
+    runner.start()
+    try:
+        pid = int(wait_for(flag))
+        assert pid in dask_client.run(os.getpid).values()  # a worker process, not this one
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        runner.join()
+        dask_client.wait_for_workers(2, timeout=120)  # the nanny restarted it
+    assert "out" in outcome, "the run did not complete"
+    npt.assert_array_equal(outcome["out"][...], source[...])
+    assert is_complete(tmp_path / "t.zarr") and not (tmp_path / "tmp.zarr").exists()
+
+
+# --------------------------------------------------------------------------
+# The parts workflow: a part killed and run again; one part run twice at once
+# --------------------------------------------------------------------------
+
+
+def saved_plan(tmp_path: Path, source: Any, parts: int = 2) -> Path:
+    path = tmp_path / "plan.json"
+    rechunk(
+        source,
+        TARGET_CHUNKS,
+        TWO_STAGES,
+        str(tmp_path / "t.zarr"),
+        temp_store=str(tmp_path / "tmp.zarr"),
+        executor=PartsExecutor(path, parts=parts),
+    )
+    return path
+
+
+def part_command(plan: Path, log: Path, *extra: str, stage: int = 0, part: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tests.faults",
+        "--log",
+        str(log),
+        *extra,
+        "run-part",
+        str(plan),
+        "--stage",
+        str(stage),
+        "--part",
+        str(part),
+    ]
+
+
+def test_a_killed_part_run_again_does_the_rest(tmp_path: Path, frozen_source: Source) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    plan = saved_plan(tmp_path, source)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    # Part 0 of stage 0 has 12 tasks of 6 chunk writes each: stall (tearing) the 40th write.
+    process = subprocess.Popen(
+        part_command(plan, first, "--stall", "write", "--after", "40"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "STALLED"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(part_command(plan, second), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    started, again = first.read_text().split(), second.read_text().split()
+    assert len(started) == 7 and len(again) == 12 - 6  # 6 tasks were done and recorded
+    assert set(started) & set(again) == {started[-1]}  # only the one in flight is redone
+    saved = load_plan(plan)
+    run_part(saved, 0, 1)
+    for part in (0, 1):
+        run_part(saved, 1, part)
+    finish_plan(saved)
+    npt.assert_array_equal(zarr.open_array(tmp_path / "t.zarr")[...], source[...])
+    assert is_complete(tmp_path / "t.zarr")
+
+
+def test_one_part_run_twice_at_once(tmp_path: Path, frozen_source: Source) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    plan = saved_plan(tmp_path, source, parts=1)
+    # Both copies pause on their first chunk write until both are there: they overlap.
+    gate = ["--stall", "gate", "--after", "2", "--gate", str(tmp_path / "gate")]
+    processes = [
+        subprocess.Popen(
+            part_command(plan, tmp_path / f"{i}.log", *gate),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        out, err = process.communicate()
+        assert process.returncode == 0, err
+        assert "stage 0, part 0 of 1" in out
+    assert all((tmp_path / f"{i}.log").read_text() for i in range(2))  # both copied
+    saved = load_plan(plan)
+    run_part(saved, 1, 0)
+    finish_plan(saved)
+    npt.assert_array_equal(zarr.open_array(tmp_path / "t.zarr")[...], source[...])
+
+
+# --------------------------------------------------------------------------
+# Prefect and Beam: a task that raises once is retried by the engine itself
+# --------------------------------------------------------------------------
+
+
+def test_prefect_retries_a_task_that_failed_once(
+    tmp_path: Path, frozen_source: Source, prefect_harness: None
+) -> None:
+    from rechunker_core.executors.prefect import PrefectExecutor
+
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    flag = tmp_path / "failed-once"
+    target = OnceStore(LocalStore(str(tmp_path / "t.zarr")), str(flag))
+    rechunked = rechunk(
+        source,
+        TARGET_CHUNKS,
+        TWO_STAGES,
+        target,
+        temp_store=str(tmp_path / "tmp.zarr"),
+        executor=PrefectExecutor(retries=1, retry_delay_seconds=0),
+    )
+    out = rechunked.execute()
+    assert flag.exists()  # a task did fail
+    npt.assert_array_equal(out[...], source[...])
+
+
+def test_beam_retries_a_bundle_that_failed_once(tmp_path: Path, frozen_source: Source) -> None:
+    pytest.importorskip("apache_beam")
+    from rechunker_core.executors.beam import BeamExecutor
+
+    source = frozen_source(tmp_path / "s.zarr", (8, 6), (8, 1), dtype="i4")
+    flag = tmp_path / "failed-once"
+    target = OnceStore(LocalStore(str(tmp_path / "t.zarr")), str(flag))
+    # The bundle-based DirectRunner retries a failed bundle, as Dataflow retries work items.
+    executor = BeamExecutor(runner="BundleBasedDirectRunner")
+    rechunked = rechunk(source, (2, 6), "1MB", target, executor=executor)
+    rechunked.execute()
+    assert flag.exists()
+    npt.assert_array_equal(zarr.open_array(tmp_path / "t.zarr")[...], source[...])

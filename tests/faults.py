@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import random
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 import zarr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 import rechunker_core.copy as copy_module
 from rechunker_core import rechunk
@@ -259,23 +260,28 @@ def _stall_on_chunk_write(after: int) -> None:
     The write tears: half the chunk's bytes go straight to its file, as a
     store without atomic writes would leave it. A resumed run must write it again.
     """
-    original, lock, count = LocalStore.set, threading.Lock(), [0]
+    lock, count = threading.Lock(), [0]
 
-    async def stalling(self: LocalStore, key: str, value: Buffer) -> None:
-        if is_chunk(key):
-            with lock:
-                count[0] += 1
-                n = count[0]
-            if n == after:
-                path = Path(self.root) / key
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(value.to_bytes()[: max(1, len(value) // 2)])
-                _stalled()
-            if n >= after:
-                threading.Event().wait()
-        await original(self, key, value)
+    def stalling(original: Any) -> Any:
+        async def set(self: Store, key: str, value: Buffer) -> None:
+            if is_chunk(key):
+                with lock:
+                    count[0] += 1
+                    n = count[0]
+                if n == after:
+                    if isinstance(self, LocalStore):  # an object store has no torn objects
+                        path = Path(self.root) / key
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_bytes(value.to_bytes()[: max(1, len(value) // 2)])
+                    _stalled()
+                if n >= after:
+                    threading.Event().wait()
+            await original(self, key, value)
 
-    LocalStore.set = stalling  # type: ignore[method-assign]
+        return set
+
+    LocalStore.set = stalling(LocalStore.set)  # type: ignore[method-assign]
+    FsspecStore.set = stalling(FsspecStore.set)  # type: ignore[method-assign]
 
 
 def _gate_on_first_write(gate: str, count: int) -> None:
@@ -311,11 +317,15 @@ def _stall_in_finish() -> None:
 
 def _run(args: argparse.Namespace) -> None:
     source = zarr.open_array(LocalStore(args.source, read_only=True), mode="r")
+    options = (
+        {"storage_options": json.loads(args.storage_options)} if args.storage_options else None
+    )
     rechunked = rechunk(
         source,
         tuple(args.target_chunks),
         args.max_mem,
         args.target,
+        target_options=options,
         temp_store=args.temp,
         executor=ThreadsExecutor(args.workers),
         resume=args.resume,
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-mem", type=int, required=True)
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--resume", action="store_true")
+    run.add_argument("--storage-options", help="JSON: fsspec options of target and temp URLs")
     part = sub.add_parser("run-part")
     part.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

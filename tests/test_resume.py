@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from rechunker_core.journal import INCOMPLETE_KEY, JOURNAL_KEY, finished
 from rechunker_core.locations import CLAIM_KEY, ClaimError
 from tests.faults import FaultyStore, digest, log_tasks, task_name
 from tests.helpers import run_cli, snapshot
+from tests.test_stores import s3 as moto_s3  # noqa: F401 (the moto server fixture, shared)
 
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -565,10 +568,15 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
         # Shards within the shape: larger ones trip an assertion in create.py (reported).
         shards = tuple(c * draw(st.integers(1, max(1, n // c))) for n, c in zip(shape, target))
     return {
-        "shape": shape, "source": source, "target": target, "zarr_format": zarr_format,
-        "shards": shards, **budget, "on_disk": draw(st.booleans()),
+        "shape": shape,
+        "source": source,
+        "target": target,
+        "zarr_format": zarr_format,
+        "shards": shards,
+        **budget,
+        "on_disk": draw(st.booleans()),
         "workers": draw(st.sampled_from([1, 2])),
-    }  # fmt: skip
+    }
 
 
 def least_max_mem(source: zarr.Array, target_chunks: tuple[int, ...], options: Any) -> int:
@@ -615,8 +623,13 @@ def test_any_plan_stopped_anywhere_resumes_exactly(
         def place(name: str) -> Any:
             return str(Path(scratch) / f"{name}.zarr") if plan["on_disk"] else MemoryStore()
 
-        made = make_array(MemoryStore(), plan["shape"], plan["source"], dtype="i2",
-                          zarr_format=plan["zarr_format"])  # fmt: skip
+        made = make_array(
+            MemoryStore(),
+            plan["shape"],
+            plan["source"],
+            dtype="i2",
+            zarr_format=plan["zarr_format"],
+        )
         before = digest(made.store)
         source = zarr.open_array(made.store.with_read_only(True), mode="r")
         options = {"shards": plan["shards"]} if plan["shards"] else None
@@ -646,3 +659,48 @@ def test_any_plan_stopped_anywhere_resumes_exactly(
         in_flight = 2 * plan["workers"] if plan["workers"] > 1 else 1
         assert len(set(again) & set(first)) <= in_flight
         assert digest(made.store) == before
+
+
+# --------------------------------------------------------------------------
+# S3 (a moto server): no atomic rename, the journal is a rewritten object
+# --------------------------------------------------------------------------
+
+
+def test_s3_sigkill_mid_stage_then_resume(
+    tmp_path: Path, frozen_source: Source, request: pytest.FixtureRequest
+) -> None:
+    """A smaller array than above: every request is a round trip to the moto server."""
+    s3fs = pytest.importorskip("s3fs")
+    s3 = request.getfixturevalue("moto_s3")
+    source = frozen_source(tmp_path / "s.zarr", (20, 16), (20, 1), dtype="i4")
+    run = f"s3://rechunk/resume-{uuid.uuid4().hex[:8]}"
+    target, temp = f"{run}/t.zarr", f"{run}/tmp.zarr"
+    args = [
+        "run",
+        tmp_path / "s.zarr",
+        target,
+        temp,
+        "--target-chunks",
+        1,
+        16,
+        "--max-mem",
+        600,
+        "--workers",
+        WORKERS,
+        "--storage-options",
+        json.dumps(s3),
+    ]
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    kill_when_stalled(faults_cli(first, *args, stall="write", after=12))
+    assert not is_complete(target, storage_options=s3)
+    done = subprocess.run(
+        faults_cli(second, *args, "--resume"), cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr
+    npt.assert_array_equal(zarr.open_array(target, storage_options=s3)[...], source[...])
+    assert is_complete(target, storage_options=s3)
+    fs = s3fs.S3FileSystem(**s3)
+    fs.invalidate_cache()
+    assert not [key for key in fs.find(run) if ".rechunker-" in key or "tmp.zarr" in key]
+    started, again = set(first.read_text().split()), set(second.read_text().split())
+    assert started and again and len(started & again) <= IN_FLIGHT

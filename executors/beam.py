@@ -155,7 +155,7 @@ def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[i
 
 def _copy_batch(element: tuple[int, int, int], round_: Round) -> int:
     index, start, stop = element
-    return run_batch(Batch(round_.stages[index], range(start, stop)))
+    return run_batch(Batch(round_.stages[index], range(start, stop)), recheck=True)
 
 
 def _finish(seed: None, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:

@@ -29,7 +29,14 @@ from functools import cached_property, partial
 from itertools import zip_longest
 
 from rechunker_core.geometry import Region
-from rechunker_core.journal import TaskSet, discard, finished, recorder, remove_marker
+from rechunker_core.journal import (
+    TaskSet,
+    discard,
+    finished,
+    followed,
+    recorder,
+    remove_marker,
+)
 from rechunker_core.retry import retrying
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import remove
@@ -82,19 +89,31 @@ class Batch:
         return len(self.tasks)
 
 
-def run_batch(batch: Batch) -> int:
-    """Copy every task of ``batch``; return how many were copied.
+def run_batch(batch: Batch, *, recheck: bool = False) -> int:
+    """Copy every task of ``batch``; return how many tasks it covers.
 
     Each task is recorded in the stage's journal only after all its writes
     returned, and the batch returns only once its records are in the store:
     a process killed at any moment leaves unrecorded at most the tasks it
     was running.
+
+    ``recheck`` is for engines that may run a batch again (dask after a
+    worker died, Prefect and Beam retries): tasks the journal already
+    records, as this process last read it (:func:`~rechunker_core.journal.followed`),
+    are skipped.
     """
     stage = batch.stage
     journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
-    for task in batch.tasks:
-        copy_region(stage, stage.task_region(task))
-        journal.add(task)
+    todo = [batch.tasks]
+    if recheck and stage.journal is not None:
+        done = followed(
+            stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
+        )
+        todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
+    for tasks in todo:
+        for task in tasks:
+            copy_region(stage, stage.task_region(task))
+            journal.add(task)
     journal.commit()
     return batch.num_tasks
 

@@ -59,6 +59,7 @@ __all__ = [
     "TaskSet",
     "discard",
     "finished",
+    "followed",
     "read_marker",
     "record_all",
     "recorder",
@@ -141,8 +142,12 @@ def _decode(data: bytes, fp: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[An
     """``(starts, stops)`` of the valid records of one journal file or object."""
     if len(data) < 16 or data[:8] != _MAGIC or data[8:16] != fp:
         return np.zeros(0, "<u8"), np.zeros(0, "<u8")
-    body = data[16 : 16 + (len(data) - 16) // 16 * 16]
-    records = np.frombuffer(body, _RECORD)
+    return _records(data[16:], fp)
+
+
+def _records(body: bytes, fp: bytes) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """``(starts, stops)`` of the valid whole records in ``body`` (records, no header)."""
+    records = np.frombuffer(body[: len(body) // 16 * 16], _RECORD)
     valid = (records["length"] > 0) & (
         records["check"] == _checks(records["start"], records["length"], fp)
     )
@@ -265,6 +270,131 @@ def _read_all(location: StoreLocation) -> list[bytes]:
         return found
 
     return sync(read())
+
+
+#: A process reads a stage's journal again for :func:`followed` at most this often.
+FOLLOW_SECONDS = 1.0
+
+
+class _Follower:
+    """One process's view of a stage's journal, read incrementally (see :func:`followed`).
+
+    Local files are appended to, so only their new whole records are read. Of
+    an object-store journal, objects a writer has rolled past never change
+    and are read once; each writer's newest object is read again, at most
+    every :data:`FOLLOW_SECONDS` (longer past ten writers, to spare requests).
+    """
+
+    def __init__(self, location: StoreLocation, fp: bytes, policy: RetryPolicy) -> None:
+        self._location, self._fp, self._policy = location, fp, policy
+        self._seen: dict[str, int] = {}  # file: bytes read (-1: not ours); object: read (1)
+        self._starts, self._stops = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self._due, self._lock = 0.0, threading.Lock()
+
+    def done(self, num_tasks: int) -> TaskSet:
+        with self._lock:
+            if time.monotonic() >= self._due:
+                pairs, writers = retrying(
+                    self._read_new, f"reading the journal {self._location.describe()}", self._policy
+                )
+                for starts, stops in pairs:
+                    self._starts = np.concatenate([self._starts, starts.astype(np.int64)])
+                    self._stops = np.concatenate([self._stops, stops.astype(np.int64)])
+                merged = TaskSet.merged(self._starts, self._stops)
+                self._starts, self._stops = merged._starts, merged._stops
+                # Past ten writers, look less often: each look reads every newest object.
+                self._due = time.monotonic() + FOLLOW_SECONDS * max(1.0, writers / 10)
+            return TaskSet.merged(self._starts, np.minimum(self._stops, num_tasks))
+
+    def _read_new(self) -> tuple[list[tuple[Any, Any]], int]:
+        local = self._location.local_path
+        return (self._read_files(str(local)), 0) if local is not None else self._read_objects()
+
+    def _read_files(self, folder: str) -> list[tuple[Any, Any]]:
+        pairs = []
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            seen, size = self._seen.get(entry.name, 0), entry.stat().st_size
+            if seen < 0 or size - max(seen, 16) < 16:
+                continue
+            with open(entry.path, "rb") as file:
+                if seen == 0:
+                    if file.read(16) != _MAGIC + self._fp:
+                        self._seen[entry.name] = -1
+                        continue
+                    seen = 16
+                file.seek(seen)
+                body = file.read((size - seen) // 16 * 16)
+            self._seen[entry.name] = seen + len(body)
+            pairs.append(_records(body, self._fp))
+        return pairs
+
+    def _read_objects(self) -> tuple[list[tuple[Any, Any]], int]:
+        store = self._location.open_store(read_only=True)
+        keys = sync(_keys(store, f"{self._location.path}/"))
+        newest: dict[str, int] = {}
+        for key in keys:
+            writer, _, seq = key.rpartition(".")
+            if seq.isdigit():
+                newest[writer] = max(newest.get(writer, 0), int(seq))
+        wanted = []
+        for key in keys:
+            writer, _, seq = key.rpartition(".")
+            changing = seq.isdigit() and int(seq) == newest[writer]
+            # Read again while its writer may rewrite it, and once more after it rolled on.
+            if changing or self._seen.get(key) != 2:
+                wanted.append(key)
+                self._seen[key] = 1 if changing else 2
+        found = sync(_get_all(store, wanted))
+        return [_decode(data, self._fp) for data in found], len(newest)
+
+
+async def _keys(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+async def _get_all(store: Any, keys: list[str]) -> list[bytes]:
+    prototype = default_buffer_prototype()
+    found = []
+    for key in keys:
+        buffer = await store.get(key, prototype=prototype)
+        if buffer is not None:
+            found.append(buffer.to_bytes())
+    return found
+
+
+_followers: OrderedDict[tuple[Any, ...], _Follower] = OrderedDict()
+
+
+def followed(
+    ref: JournalRef | None,
+    shape: tuple[int, ...],
+    task_chunks: tuple[int, ...],
+    num_tasks: int,
+    policy: RetryPolicy | None = None,
+) -> TaskSet:
+    """The tasks of a stage recorded as done, as this process last read the journal.
+
+    For engines that may run a batch again (after a worker died, or as a
+    retry): they skip what another process finished. At most
+    :data:`FOLLOW_SECONDS` old, so a task finished since may be done twice;
+    reading costs only what was recorded since the last look.
+    """
+    if ref is None:
+        return _NOTHING
+    fp = grid_fingerprint(shape, task_chunks)
+    key = (os.getpid(), *ref.location.key, fp)
+    with _writers_lock:
+        follower = _followers.get(key)
+        if follower is None:
+            follower = _followers[key] = _Follower(ref.location, fp, policy or RetryPolicy())
+            while len(_followers) > MAX_RECORDERS:
+                _followers.popitem(last=False)
+        _followers.move_to_end(key)
+    return follower.done(num_tasks)
 
 
 class Recorder(Protocol):

@@ -145,35 +145,53 @@ class FaultyStore(WrapperStore[Store]):
             await self.set(key, value)
 
 
+#: Chunk writes of each OnceStore (by flag) in this process.
+_WRITES: dict[str, int] = {}
+_COUNT_LOCK = threading.Lock()
+
+
 class OnceStore(WrapperStore[Store]):
-    """A local store whose first chunk write of the whole test fails or stalls.
+    """A local store whose chunk write number ``after`` fails or stalls, once in the whole test.
 
     ``flag`` is created (exclusively, holding the pid) by the first process
-    to reach a chunk write; that one write raises ``RuntimeError`` (no
-    store error: no retry of ours takes it) or, with ``stall``, blocks until
-    the process is killed. Every later write goes through. Pickles, so it
-    works in engines' worker processes.
+    to reach its ``after``-th chunk write; that one write raises
+    ``RuntimeError`` (no store error: no retry of ours takes it) or, with
+    ``stall``, blocks until the process is killed. Every other write goes
+    through, and with ``log`` its key is appended to that file. Pickles, so
+    it works in engines' worker processes.
     """
 
-    def __init__(self, store: Store, flag: str, stall: bool = False) -> None:
+    def __init__(
+        self, store: Store, flag: str, stall: bool = False, after: int = 1, log: str = ""
+    ) -> None:
         super().__init__(store)
-        self.flag, self.stall = flag, stall
+        self.flag, self.stall, self.after, self.log = flag, stall, after, log
 
     def _with_store(self, store: Store) -> OnceStore:
-        return OnceStore(store, self.flag, self.stall)
+        return OnceStore(store, self.flag, self.stall, self.after, self.log)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"store": self._store, "flag": self.flag, "stall": self.stall}
+        return {k: getattr(self, k) for k in ("_store", "flag", "stall", "after", "log")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        OnceStore.__init__(self, state["store"], state["flag"], state["stall"])
+        OnceStore.__init__(
+            self, state["_store"], state["flag"], state["stall"], state["after"], state["log"]
+        )
 
     async def set(self, key: str, value: Buffer) -> None:
-        if is_chunk(key) and _first(self.flag):
-            if self.stall:
-                threading.Event().wait()  # until SIGKILL
-            raise RuntimeError(f"injected failure writing {key}")
+        if is_chunk(key):
+            with _COUNT_LOCK:  # per process: engines unpickle a copy of the store per task
+                _WRITES[self.flag] = _WRITES.get(self.flag, 0) + 1
+                due = _WRITES[self.flag] == self.after
+            if due and _first(self.flag):
+                if self.stall:
+                    threading.Event().wait()  # until SIGKILL
+                raise RuntimeError(f"injected failure writing {key}")
         await self._store.set(key, value)
+        if self.log and is_chunk(key):
+            fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, f"{key}\n".encode())
+            os.close(fd)
 
 
 def _first(flag: str) -> bool:

@@ -22,6 +22,7 @@ from rechunker_core.journal import (
     TaskSet,
     discard,
     finished,
+    followed,
     record_all,
     recorder,
 )
@@ -132,3 +133,26 @@ def test_recording_a_whole_stage(tmp_path: Path) -> None:
     ref = journal_at("file", tmp_path)
     record_all(ref, *GRID, 10)
     assert finished(ref, *GRID, 10).ranges == [(0, 10)]
+
+
+@pytest.mark.parametrize("kind", ["file", "object"])
+def test_a_follower_sees_what_other_writers_recorded_since(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "FOLLOW_SECONDS", 0.0)  # look again at every call
+    monkeypatch.setattr(journal_module, "ROLL_RANGES", 1)
+    ref = journal_at(kind, tmp_path)
+    grid = ((100, 1), (1, 1))
+    mine, theirs = recorder(ref, *grid), recorder(JournalRef(ref.location, "other run"), *grid)
+    assert followed(ref, *grid, 100).ranges == []
+    for task in (0, 1, 5):
+        theirs.add(task)
+    theirs.commit()
+    assert followed(ref, *grid, 100).ranges == [(0, 2), (5, 6)]
+    for task in (2, 7, 9):  # an object journal rolls over: what it rolled past is read once
+        theirs.add(task)
+        theirs.commit()
+    mine.add(3)
+    mine.commit()
+    assert followed(ref, *grid, 100).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
+    assert followed(ref, *grid, 100).ranges == finished(ref, *grid, 100).ranges

@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -190,6 +191,27 @@ class TaskSet:
         heads = np.flatnonzero(first)
         return cls(starts[heads], np.maximum.reduceat(stops, heads))
 
+    @classmethod
+    def covering(
+        cls, starts: np.ndarray[Any, Any], stops: np.ndarray[Any, Any], num_tasks: int
+    ) -> TaskSet:
+        """:meth:`merged`, in time and memory linear in ``num_tasks``: for whole journals.
+
+        A local journal holds one record per task, 10**7 for a large stage:
+        marking them in a mask of ``num_tasks`` bytes beats sorting them.
+
+        >>> TaskSet.covering(np.array([4, 0, 1, 7]), np.array([5, 1, 3, 7]), 9).ranges
+        [(0, 3), (4, 5)]
+        """
+        starts, stops = np.clip(starts, 0, num_tasks), np.clip(stops, 0, num_tasks)
+        mask = np.zeros(num_tasks + 2, np.int8)
+        single = stops - starts == 1
+        mask[starts[single] + 1] = 1
+        for start, stop in zip(starts[~single], stops[~single]):  # few: merged ranges
+            mask[start + 1 : stop + 1] = 1
+        edges = np.flatnonzero(np.diff(mask))
+        return cls(edges[0::2], edges[1::2])
+
     @property
     def ranges(self) -> list[tuple[int, int]]:
         """The ranges, as ``(start, stop)`` pairs."""
@@ -239,7 +261,7 @@ def finished(
     pairs = [_decode(data, fp) for data in found]
     starts = np.concatenate([np.zeros(0, "<u8"), *(p[0] for p in pairs)]).astype(np.int64)
     stops = np.concatenate([np.zeros(0, "<u8"), *(p[1] for p in pairs)]).astype(np.int64)
-    return TaskSet.merged(starts, np.minimum(stops, num_tasks))
+    return TaskSet.covering(starts, np.minimum(stops, num_tasks), num_tasks)
 
 
 def _read_all(location: StoreLocation) -> list[bytes]:
@@ -419,6 +441,19 @@ def _writer_name() -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
 
 
+def _record(task: int, fp: bytes) -> bytes:
+    """The record of one task, as :func:`_encode` makes it, without numpy's per-call cost.
+
+    >>> fp = grid_fingerprint((10,), (1,))
+    >>> _record(7, fp) == _encode([(7, 8)], fp)
+    True
+    """
+    salt = int.from_bytes(fp, "little")
+    mask = 2**64 - 1
+    mixed = ((task * int(_MIX[0])) & mask) ^ (int(_MIX[1]) & mask) ^ salt
+    return struct.pack("<QII", task, 1, mixed >> 32)
+
+
 class _FileJournal:
     """A journal file this process appends one record per task to."""
 
@@ -437,7 +472,7 @@ class _FileJournal:
         self._fd = retrying(create, f"creating the journal file {path}", policy)
 
     def add(self, task: int) -> None:
-        record = _encode([(task, task + 1)], self._fp)
+        record = _record(task, self._fp)
         with self._lock:
             retrying(
                 lambda: _write_all(self._fd, record),

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: sample arrays and groups, a dask cluster, a Prefect server.
+"""Fixtures shared by every test: sample arrays and groups, a dask cluster, a Prefect
+server, an S3 (moto) server, and sources that must stay unchanged.
 
 Prefect reads its settings when it is first imported, so the quiet test
 settings (docs/engines.md) are set here, before any test module imports it,
@@ -8,6 +9,7 @@ with a throwaway ``PREFECT_HOME``. Helpers live in tests/helpers.py.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -59,6 +61,35 @@ def prefect_harness() -> Iterator[None]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, Any]]:
+    """storage_options for a bucket ``rechunk`` on a fresh local moto server."""
+    pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="rechunk")
+        yield {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

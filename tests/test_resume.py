@@ -40,7 +40,6 @@ from rechunker_core.journal import INCOMPLETE_KEY, JOURNAL_KEY, finished
 from rechunker_core.locations import CLAIM_KEY, ClaimError
 from tests.faults import FaultyStore, digest, log_tasks, task_name
 from tests.helpers import run_cli, snapshot
-from tests.test_stores import s3 as moto_s3  # noqa: F401 (the moto server fixture, shared)
 
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -667,11 +666,10 @@ def test_any_plan_stopped_anywhere_resumes_exactly(
 
 
 def test_s3_sigkill_mid_stage_then_resume(
-    tmp_path: Path, frozen_source: Source, request: pytest.FixtureRequest
+    tmp_path: Path, frozen_source: Source, s3: dict[str, Any]
 ) -> None:
     """A smaller array than above: every request is a round trip to the moto server."""
     s3fs = pytest.importorskip("s3fs")
-    s3 = request.getfixturevalue("moto_s3")
     source = frozen_source(tmp_path / "s.zarr", (20, 16), (20, 1), dtype="i4")
     run = f"s3://rechunk/resume-{uuid.uuid4().hex[:8]}"
     target, temp = f"{run}/t.zarr", f"{run}/tmp.zarr"

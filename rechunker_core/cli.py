@@ -75,6 +75,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         target_options={"overwrite": True} if args.overwrite else None,
         temp_store=args.temp,
         executor=PartsExecutor(args.save, parts=args.parts),
+        resume=args.resume,
         retries=args.retries,
         retry_backoff=args.retry_backoff,
     )
@@ -228,12 +229,12 @@ def _with_reliability(
     run: argparse.ArgumentParser,
 ) -> argparse.ArgumentParser:
     """Add what failures need: ``run --resume``, retry options, ``clean`` and ``info``."""
-    run.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run of the same job, skipping the work it finished",
-    )
     for p in (plan, run):
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted run of the same job, skipping the work it finished",
+        )
         _retry_flags(p)
     clean_ = sub.add_parser(
         "clean", help="remove what an abandoned (interrupted) run created, and nothing else"

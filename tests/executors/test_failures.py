@@ -26,6 +26,7 @@ from zarr.storage import LocalStore
 from rechunker_core import is_complete, rechunk
 from rechunker_core.executors.parts import PartsExecutor, finish_plan, load_plan, run_part
 from tests.faults import OnceStore
+from tests.helpers import MODES, Mode
 
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,9 @@ def part_command(plan: Path, log: Path, *extra: str, stage: int = 0, part: int =
     ]
 
 
-def test_a_killed_part_run_again_does_the_rest(tmp_path: Path, frozen_source: Source) -> None:
+def test_a_killed_part_run_again_does_the_rest(
+    tmp_path: Path, frozen_source: Source, record_property: Any
+) -> None:
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     plan = saved_plan(tmp_path, source)
     first, second = tmp_path / "first.log", tmp_path / "second.log"
@@ -140,6 +143,7 @@ def test_a_killed_part_run_again_does_the_rest(tmp_path: Path, frozen_source: So
     done = subprocess.run(part_command(plan, second), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     started, again = first.read_text().split(), second.read_text().split()
+    record_property("tasks redone", len(set(started) & set(again)))
     assert len(started) == 7 and len(again) == 12 - 6  # 6 tasks were done and recorded
     assert set(started) & set(again) == {started[-1]}  # only the one in flight is redone
     saved = load_plan(plan)
@@ -216,3 +220,50 @@ def test_beam_retries_a_bundle_that_failed_once(tmp_path: Path, frozen_source: S
     rechunked.execute()
     assert flag.exists()
     npt.assert_array_equal(zarr.open_array(tmp_path / "t.zarr")[...], source[...])
+
+
+# --------------------------------------------------------------------------
+# Every engine: a run that failed part way resumes, doing again only what was in flight
+# --------------------------------------------------------------------------
+
+#: One mode per engine (tests/helpers.py); the parts workflow resumes by running
+#: its parts again (test_a_killed_part_run_again_does_the_rest).
+ENGINES = ["python", "threads", "dask-distributed", "prefect", "beam-threads"]
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m.name in ENGINES], ids=lambda m: m.name)
+def test_every_engine_resumes_a_failed_run(
+    tmp_path: Path,
+    frozen_source: Source,
+    mode: Mode,
+    request: pytest.FixtureRequest,
+    record_property: Any,
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    flag, log = tmp_path / "failed", tmp_path / "writes"
+    # The 40th chunk write into the intermediate (in some process) fails, once.
+    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), after=40, log=str(log))
+    target = str(tmp_path / "t.zarr")
+    rechunked = rechunk(
+        source, TARGET_CHUNKS, TWO_STAGES, target, temp_store=temp, executor=mode.make(request)
+    )
+    with pytest.raises(Exception, match="injected failure"):
+        rechunked.execute()
+    assert flag.exists() and not is_complete(target)
+    rechunk(
+        source,
+        TARGET_CHUNKS,
+        TWO_STAGES,
+        target,
+        temp_store=temp,
+        executor=mode.make(request),
+        resume=True,
+    ).execute()
+    npt.assert_array_equal(zarr.open_array(target)[...], source[...])
+    assert is_complete(target) and not (tmp_path / "tmp.zarr").exists()
+    writes = log.read_text().split()
+    redone = len(writes) - len(set(writes))
+    record_property("chunk writes redone", redone)
+    assert len(set(writes)) == 24 * 6
+    # At most the tasks in flight (6 writes each): the threads executor's 2 x 2, else 2.
+    assert redone <= 6 * (4 if mode.name == "threads" else 2), redone

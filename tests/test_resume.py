@@ -35,11 +35,12 @@ from zarr.storage import LocalStore, MemoryStore
 
 import rechunker_core.copy as copy_module
 from rechunker_core import StoreError, clean, is_complete, rechunk
+from rechunker_core.cli import main
 from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.journal import INCOMPLETE_KEY, JOURNAL_KEY, finished
 from rechunker_core.locations import CLAIM_KEY, ClaimError
 from tests.faults import FaultyStore, digest, log_tasks, task_name
-from tests.helpers import run_cli, snapshot
+from tests.helpers import snapshot
 
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,30 @@ def run_args(tmp_path: Path) -> list[Any]:
     ]
 
 
+def resume_here(
+    source: Any,
+    target: str,
+    temp: str,
+    chunks: Any = TARGET_CHUNKS,
+    mem: int = TWO_STAGES,
+    **options: Any,
+) -> list[str]:
+    """Resume the interrupted run in this process; return the tasks it started."""
+    again: list[str] = []
+    with log_tasks(again):
+        rechunk(
+            source,
+            chunks,
+            mem,
+            target,
+            temp_store=temp,
+            resume=True,
+            executor=ThreadsExecutor(WORKERS),
+            **options,
+        ).execute()
+    return again
+
+
 def kill_when_stalled(command: list[str]) -> None:
     """Start ``command``; SIGKILL it the moment it says it stalled."""
     process = subprocess.Popen(
@@ -129,18 +154,12 @@ def test_sigkill_then_resume(
 ) -> None:
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     stall, after, most_redone = KILL_POINTS[point]
-    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    first = tmp_path / "first.log"
     kill_when_stalled(faults_cli(first, *run_args(tmp_path), stall=stall, after=after))
     assert not is_complete(tmp_path / "t.zarr")
     assert (tmp_path / "t.zarr" / INCOMPLETE_KEY).exists()
 
-    done = subprocess.run(
-        faults_cli(second, *run_args(tmp_path), "--resume"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr
+    again = resume_here(source, str(tmp_path / "t.zarr"), str(tmp_path / "tmp.zarr"))
     target = zarr.open_array(tmp_path / "t.zarr", mode="r")
     npt.assert_array_equal(target[...], source[...])
     assert is_complete(tmp_path / "t.zarr")
@@ -148,7 +167,6 @@ def test_sigkill_then_resume(
     assert not (tmp_path / "tmp.zarr").exists()
 
     started = set(first.read_text().split())
-    again = second.read_text().split()
     redone = [task for task in again if task in started]
     record_property("tasks redone", len(redone))
     assert len(again) == len(set(again))  # the resumed run did no task twice
@@ -407,7 +425,9 @@ def test_resume_refuses_another_source(tmp_path: Path, frozen_source: Source) ->
     assert snapshot(tmp_path / "t.zarr") == before
 
 
-def test_an_incomplete_target_needs_resume(tmp_path: Path, frozen_source: Source) -> None:
+def test_an_incomplete_target_needs_resume(
+    tmp_path: Path, frozen_source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     # A run that failed, in a process that is gone (a live one would hold its claims).
     command = [*faults_cli(tmp_path / "log", *run_args(tmp_path))]
@@ -424,35 +444,24 @@ def test_an_incomplete_target_needs_resume(tmp_path: Path, frozen_source: Source
             temp_store=str(tmp_path / "tmp.zarr"),
         )
     # The command line says it its own way.
-    done = run_cli(
+    run = [
         "run",
-        tmp_path / "s.zarr",
-        tmp_path / "t.zarr",
+        str(tmp_path / "s.zarr"),
+        str(tmp_path / "t.zarr"),
         "--temp",
-        tmp_path / "tmp.zarr",
+        str(tmp_path / "tmp.zarr"),
         "--target-chunks",
         "1,48",
         "--max-mem",
-        TWO_STAGES,
-    )
-    assert done.returncode == 2 and "pass --resume to finish it" in done.stderr
-    done = run_cli("info", tmp_path / "t.zarr")
-    assert done.returncode == 0 and "complete: NO" in done.stdout
-    done = run_cli(
-        "run",
-        tmp_path / "s.zarr",
-        tmp_path / "t.zarr",
-        "--temp",
-        tmp_path / "tmp.zarr",
-        "--target-chunks",
-        "1,48",
-        "--max-mem",
-        TWO_STAGES,
-        "--resume",
-    )
-    assert done.returncode == 0, done.stderr
+        str(TWO_STAGES),
+    ]
+    assert main(run) == 2 and "pass --resume to finish it" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "t.zarr")]) == 0
+    assert "complete: NO" in capsys.readouterr().out
+    assert main([*run, "--resume"]) == 0, capsys.readouterr().err
     npt.assert_array_equal(zarr.open_array(tmp_path / "t.zarr")[...], source[...])
-    assert "complete: yes" in run_cli("info", tmp_path / "t.zarr").stdout
+    assert main(["info", str(tmp_path / "t.zarr")]) == 0
+    assert "complete: yes" in capsys.readouterr().out
 
 
 def test_resume_with_nothing_there_starts_and_a_complete_target_is_refused(
@@ -512,7 +521,10 @@ def test_clean_removes_only_what_the_run_created(
 
 
 def test_clean_refuses_a_live_run_and_cleans_from_the_command_line(
-    tmp_path: Path, frozen_source: Source
+    tmp_path: Path,
+    frozen_source: Source,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     command = faults_cli(tmp_path / "log", *run_args(tmp_path), stall="write", after=10)
@@ -521,14 +533,15 @@ def test_clean_refuses_a_live_run_and_cleans_from_the_command_line(
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "STALLED"
         before = snapshot(tmp_path / "t.zarr")
-        done = run_cli("clean", "t.zarr", cwd=tmp_path)
-        assert done.returncode == 2 and "being written by another run" in done.stderr
+        monkeypatch.chdir(tmp_path)
+        assert main(["clean", "t.zarr"]) == 2
+        assert "being written by another run" in capsys.readouterr().err
         assert snapshot(tmp_path / "t.zarr") == before
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    done = run_cli("clean", "t.zarr", cwd=tmp_path)
-    assert done.returncode == 0 and "removed" in done.stdout, done.stderr
+    assert main(["clean", "t.zarr"]) == 0
+    assert "removed" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ["log", "s.zarr"]
 
 
@@ -705,18 +718,16 @@ def test_s3_sigkill_mid_stage_then_resume(
         "--storage-options",
         json.dumps(s3),
     ]
-    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    first = tmp_path / "first.log"
     kill_when_stalled(faults_cli(first, *args, stall="write", after=12))
     assert not is_complete(target, storage_options=s3)
-    done = subprocess.run(
-        faults_cli(second, *args, "--resume"), cwd=REPO, capture_output=True, text=True
-    )
-    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr
+    options = {"storage_options": s3}
+    again = set(resume_here(source, target, temp, (1, 16), 600, target_options=options))
     npt.assert_array_equal(zarr.open_array(target, storage_options=s3)[...], source[...])
     assert is_complete(target, storage_options=s3)
     fs = s3fs.S3FileSystem(**s3)
     fs.invalidate_cache()
     assert not [key for key in fs.find(run) if ".rechunker-" in key or "tmp.zarr" in key]
-    started, again = set(first.read_text().split()), set(second.read_text().split())
+    started = set(first.read_text().split())
     record_property("tasks redone", len(started & again))
     assert started and again and len(started & again) <= IN_FLIGHT

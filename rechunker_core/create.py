@@ -19,7 +19,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import zarr
@@ -233,6 +233,7 @@ class _Ledger:
         self.temp_dirs: list[StoreLocation] = []  # those of them made for intermediates
         self.added_keys: list[StoreLocation] = []  # group metadata zarr added to the temp
         self.markers: list[StoreLocation] = []  # incomplete markers this call wrote
+        self.tokens: dict[str, str] = {}  # target place -> its job token (journals carry it)
 
     def claim(self, location: StoreLocation, what: str, process_bound: bool) -> Claim:
         """Claim ``location``, noting the directories the claim had to create."""
@@ -319,7 +320,7 @@ def create_specs(
         plan = fingerprint(source, jobs)
         claims, resumed = _claim_all(jobs, dest, ledger, process_bound, resume, plan)
         temp_before = _group_keys(dest.temp.base) if dest.temp else set()
-        chains = _Chains(fmt, uuid.uuid4().hex, retry or RetryPolicy())
+        chains = _Chains(fmt, uuid.uuid4().hex, retry or RetryPolicy(), ledger.tokens)
         specs = _create_metadata(source, jobs, dest, chains, resumed)
         if dest.temp is not None:
             # zarr writes group metadata above a new array: in the temp store, it is ours.
@@ -397,6 +398,7 @@ def _document(
         [d for d in ledger.new_dirs if place.identity.contains(d.identity)],
         ledger.temp_dirs,
         [k.path[len(base.path) :].lstrip("/") for k in ledger.added_keys] if base else [],
+        job=ledger.tokens[str(place.identity)],
     )
 
 
@@ -419,9 +421,10 @@ def _claim_all(
     for place in _targets(jobs, dest):
         fresh = not place.exists()
         ledger.claim(place, "the target", process_bound)
-        if resume and read_marker(place) is not None:
+        if resume and (marker := read_marker(place)) is not None:
             check_marker(place, plan, dest)
             kept.add(str(place.identity))
+            ledger.tokens[str(place.identity)] = str(marker.get("job", ""))
             continue
         if _holds_data(place):
             if not overwrite:
@@ -434,6 +437,7 @@ def _claim_all(
         if fresh or overwrite:
             ledger.created.append(place)
         ledger.markers.append(place)
+        ledger.tokens[str(place.identity)] = uuid.uuid4().hex
         write_marker(place, _document(place, jobs, dest, ledger, plan))
     resumed = [str(_place_of(job, dest).identity) in kept for job in jobs]
     if dest.temp is not None:
@@ -460,6 +464,7 @@ class _Chains:
     fmt: ZarrFormat
     run: str
     retry: RetryPolicy
+    tokens: dict[str, str] = field(default_factory=dict)  # target place -> job token
 
 
 def _planned_arrays(
@@ -482,6 +487,7 @@ def _create_chain(
     Each stage records its finished tasks in a journal inside the array it writes.
     """
     shape, dtype = job.array.ref.shape, job.array.ref.dtype
+    token = chains.tokens.get(str(_place_of(job, dest).identity), "")
     target_ref, *temp_refs = [
         _create_array(location, shape, dtype, chunks, kwargs, resume=resume)
         for location, chunks, kwargs in _planned_arrays(job, dest, chains.fmt)
@@ -498,7 +504,7 @@ def _create_chain(
                 refs[i],
                 refs[i + 1],
                 stage.task_chunks,
-                JournalRef(refs[i + 1].location.child(JOURNAL_KEY), chains.run),
+                JournalRef(refs[i + 1].location.child(JOURNAL_KEY), chains.run, token),
             )
             for i, stage in enumerate(job.layout.stages)
         )

@@ -22,8 +22,9 @@ and at 10**7 tasks. So there is no marker object per task. Instead:
     the process starts a new object.
 
   :func:`finished` reads every file or object of a stage's journal and
-  unions them (:class:`TaskSet`). Records carry a fingerprint of the stage's
-  task grid, so a journal of a different plan is never mistaken for this one.
+  unions them (:class:`TaskSet`). Records carry a fingerprint of the job and
+  the stage's task grid, so a journal of another job or plan is never
+  mistaken for this one's.
 - The **incomplete marker** (:data:`INCOMPLETE_KEY`) sits in a target from
   before its first chunk is written until the run's last step, and says
   which run left it there (:func:`write_marker`, :func:`read_marker`).
@@ -87,7 +88,7 @@ _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
 
 @dataclass(frozen=True)
 class JournalRef:
-    """Where a stage's journal lives, and the run that writes to it.
+    """Where a stage's journal lives, the job it belongs to, and the run writing it.
 
     Attributes
     ----------
@@ -96,24 +97,30 @@ class JournalRef:
     run : str
         A token of the run: each process of each run writes files of its own,
         and a resumed run reads those of every run before it.
+    job : str
+        A token of the job, made when its target was created and kept by every
+        run that resumes it (the incomplete marker holds it). Records carry it:
+        a journal, or a process's memory of one, left by an earlier job in the
+        same place (replaced with ``overwrite``) never counts for this one.
     """
 
     location: StoreLocation
     run: str
+    job: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description."""
-        return {**location_to_dict(self.location), "run": self.run}
+        return {**location_to_dict(self.location), "run": self.run, "job": self.job}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JournalRef:
         """Inverse of :meth:`to_dict`."""
-        return cls(location_from_dict(data), str(data["run"]))
+        return cls(location_from_dict(data), str(data["run"]), str(data.get("job", "")))
 
 
-def grid_fingerprint(shape: tuple[int, ...], task_chunks: tuple[int, ...]) -> bytes:
-    """Eight bytes naming a task grid: the same task numbers mean the same regions."""
-    text = json.dumps([list(shape), list(task_chunks)]).encode()
+def grid_fingerprint(shape: tuple[int, ...], task_chunks: tuple[int, ...], job: str = "") -> bytes:
+    """Eight bytes naming a job's task grid: the same task numbers mean the same regions."""
+    text = json.dumps([list(shape), list(task_chunks), job]).encode()
     return hashlib.blake2b(text, digest_size=8).digest()
 
 
@@ -254,7 +261,7 @@ def finished(
     """
     if ref is None:
         return _NOTHING
-    fp = grid_fingerprint(shape, task_chunks)
+    fp = grid_fingerprint(shape, task_chunks, ref.job)
     found = retrying(
         lambda: _read_all(ref.location), f"reading the journal {ref.location.describe()}", policy
     )
@@ -407,7 +414,7 @@ def followed(
     """
     if ref is None:
         return _NOTHING
-    fp = grid_fingerprint(shape, task_chunks)
+    fp = grid_fingerprint(shape, task_chunks, ref.job)
     key = (os.getpid(), *ref.location.key, fp)
     with _writers_lock:
         follower = _followers.get(key)
@@ -591,7 +598,7 @@ def recorder(
     """This process's recorder for a stage's journal (one per process, stage and run)."""
     if ref is None:
         return _NoJournal()
-    fp = grid_fingerprint(shape, task_chunks)
+    fp = grid_fingerprint(shape, task_chunks, ref.job)
     # The pid: a forked worker must not append to its parent's file.
     key = (os.getpid(), *ref.location.key, ref.run, fp)
     with _writers_lock:
@@ -621,7 +628,7 @@ def record_all(
     """Record every task of a stage as done, in one record."""
     if ref is None or not num_tasks:
         return
-    fp = grid_fingerprint(shape, task_chunks)
+    fp = grid_fingerprint(shape, task_chunks, ref.job)
     data = _MAGIC + fp + _encode([(0, num_tasks)], fp)
     name = f"{_writer_name()}.all"
     local = ref.location.local_path

@@ -104,8 +104,9 @@ def marker_document(
     new_dirs: Sequence[StoreLocation],
     temp_dirs: Sequence[StoreLocation],
     added_keys: Sequence[str] = (),
+    job: str = "",
 ) -> dict[str, Any]:
-    """The incomplete marker of one target place: the plan and what the run created there.
+    """The incomplete marker of one target place: the job, its plan and what it created there.
 
     Paths of intermediates and temp keys are relative to the temp store, so
     :func:`clean` can find them through a store object given again.
@@ -114,6 +115,7 @@ def marker_document(
     base = temp.base if temp is not None else None
     return {
         "format": MARKER_FORMAT,
+        "job": job,
         "plan": plan,
         "run": {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
         "target": {

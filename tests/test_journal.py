@@ -156,3 +156,15 @@ def test_a_follower_sees_what_other_writers_recorded_since(
     mine.commit()
     assert followed(ref, *grid, 100).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
     assert followed(ref, *grid, 100).ranges == finished(ref, *grid, 100).ranges
+
+
+def test_records_of_another_job_in_the_same_place_never_count(tmp_path: Path) -> None:
+    first = journal_at("file", tmp_path)
+    journal = recorder(first, *GRID)
+    for task in range(10):
+        journal.add(task)
+    assert finished(first, *GRID, 10).count == followed(first, *GRID, 10).count == 10
+    # The place is replaced by a new job (overwrite): its journal, and what a
+    # process remembers of the old one, are the new job's only.
+    second = JournalRef(first.location, "run 2", job="another job")
+    assert finished(second, *GRID, 10).count == followed(second, *GRID, 10).count == 0

@@ -269,3 +269,27 @@ def test_every_engine_resumes_a_failed_run(
     assert len(set(writes)) == 24 * 6
     # At most the tasks in flight (6 writes each): the threads executor's 2 x 2, else 2.
     assert redone <= 6 * (4 if mode.name == "threads" else 2), redone
+
+
+def test_a_replaced_target_is_copied_in_full(tmp_path: Path, frozen_source: Source) -> None:
+    """A process that followed one job's journal takes nothing from it for the next job."""
+    pytest.importorskip("dask")
+    from rechunker_core.executors.dask import DaskExecutor
+
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    target, temp = str(tmp_path / "t.zarr"), str(tmp_path / "tmp.zarr")
+    executor = DaskExecutor(scheduler="sync")  # every batch in this very process
+    for options in (None, {"overwrite": True}, {"overwrite": True}):
+        written: list[str] = []
+        with log_tasks(written):
+            rechunk(
+                source,
+                TARGET_CHUNKS,
+                TWO_STAGES,
+                target,
+                target_options=options,
+                temp_store=temp,
+                executor=executor,
+            ).execute()
+        assert len(written) == 24 + 30
+        npt.assert_array_equal(zarr.open_array(target)[...], source[...])

@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, TypeVar
 
 __all__ = [
@@ -73,12 +74,15 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         retries, backoff = self.retries, self.backoff
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if isinstance(retries, bool) or not isinstance(retries, Integral) or retries < 0:
             raise ValueError(f"retries={retries!r} must be a non-negative integer, such as 5")
-        if isinstance(backoff, bool) or not isinstance(backoff, int | float) or not backoff >= 0:
+        if isinstance(backoff, bool) or not isinstance(backoff, Real) or not backoff >= 0:
             raise ValueError(
                 f"retry_backoff={backoff!r} must be a non-negative number of seconds, such as 1.0"
             )
+        # numpy numbers are accepted, and stored as Python's (the policy goes into JSON).
+        object.__setattr__(self, "retries", int(retries))
+        object.__setattr__(self, "backoff", float(backoff))
 
     def wait(self, retry: int, jitter: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (from 0).

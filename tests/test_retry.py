@@ -140,6 +140,12 @@ def test_bad_policies_are_refused(bad: dict[str, object]) -> None:
         RetryPolicy(**bad)  # type: ignore[arg-type]
 
 
+def test_numpy_numbers_make_a_plain_policy() -> None:
+    policy = RetryPolicy(np.int64(3), np.float32(0.5))  # type: ignore[arg-type]
+    assert policy.to_dict() == {"retries": 3, "backoff": 0.5, "max_wait": 60.0}
+    assert type(policy.retries) is int and type(policy.backoff) is float
+
+
 def test_each_request_of_an_array_is_retried_on_its_own() -> None:
     """A read of 24 chunks at 30% failed requests: whole-read retries would give up."""
     memory = MemoryStore()

@@ -175,7 +175,7 @@ def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[i
 
 def _copy_batch(element: tuple[int, int, int], round_: Round, token: str | None = None) -> int:
     index, start, stop = element
-    copied = run_batch(Batch(round_.stages[index], range(start, stop)))
+    copied = run_batch(Batch(round_.stages[index], range(start, stop)), recheck=True)
     report(token, round_.number, copied)
     return copied
 

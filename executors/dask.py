@@ -197,7 +197,8 @@ def _uses_other_processes(scheduler: Any) -> bool:
 
 
 def _copy_range(stage: CopySpec, start: int, stop: int, *after: Any) -> int:
-    return run_batch(Batch(stage, range(start, stop)))
+    # Run again after a worker died: skip what the journal shows another worker did.
+    return run_batch(Batch(stage, range(start, stop)), recheck=True)
 
 
 def _barrier(*copied: int) -> int:

@@ -160,8 +160,9 @@ class PrefectExecutor:
 
 
 def _copy_batch(batch: Batch, stage_number: int, first: int, last: int) -> int:
-    # ``stage_number``, ``first`` and ``last`` only name the task run in the UI.
-    return run_batch(batch)
+    # ``stage_number``, ``first`` and ``last`` only name the task run in the UI; a
+    # retry skips what the failed attempt finished.
+    return run_batch(batch, recheck=True)
 
 
 def _finish(specs: tuple[StagedCopySpec, ...]) -> None:

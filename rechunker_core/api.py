@@ -17,8 +17,8 @@ from typing import Any, Literal
 import zarr
 
 from rechunker_core.algorithm import format_bytes
-from rechunker_core.copy import Tracker, complete
-from rechunker_core.create import check_places, create_specs, rehearse
+from rechunker_core.copy import Tracker, complete, count_done
+from rechunker_core.create import check_places, check_resume, create_specs, rehearse
 from rechunker_core.display import (
     describe_jobs,
     html_table,
@@ -30,9 +30,10 @@ from rechunker_core.display import (
 from rechunker_core.executors import Executor, get_executor, refuse_in_memory
 from rechunker_core.jobs import ArrayJob, plan_jobs
 from rechunker_core.locations import StoreLocation
-from rechunker_core.options import Options, parse_bytes, resolve_options
+from rechunker_core.options import Options, ZarrFormat, parse_bytes, resolve_options
 from rechunker_core.places import Destination, TempPlace, resolve_destination
 from rechunker_core.progress import choose_progress
+from rechunker_core.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES, RetryPolicy
 from rechunker_core.sources import Source, open_source
 from rechunker_core.spec import StagedCopySpec
 
@@ -63,6 +64,7 @@ class Rechunked:
         jobs: Sequence[ArrayJob],
         source: Source,
         dest: Destination,
+        resumed: bool = False,
     ) -> None:
         self._executor = executor
         self.plan = plan
@@ -70,6 +72,7 @@ class Rechunked:
         self._jobs = tuple(jobs)
         self._source = source
         self._dest = dest
+        self._resumed = resumed
         self._executed = False
 
     def execute(
@@ -116,6 +119,8 @@ class Rechunked:
                 "its target is released); call rechunk() again to run another rechunk"
             )
         tracker = Tracker(self.spec, choose_progress(progress))
+        if self._resumed:  # what the interrupted run finished counts as done from the start
+            count_done(self.spec, tracker)
         logger.info("executing %s", self._header())
         try:
             if _takes_progress(self._executor):
@@ -197,6 +202,10 @@ def rechunk(
     executor: str | Executor[Any] = "threads",
     array_name: str | None = None,
     keep_temp: bool = False,
+    resume: bool = False,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    retry_backoff: float = DEFAULT_BACKOFF,
 ) -> Rechunked:
     """Plan a rechunk of ``source`` into ``target_store`` within ``max_mem`` per task.
 
@@ -206,29 +215,34 @@ def rechunk(
     ----------
     source : zarr.Array, zarr.Group, dask.array.Array or xarray.Dataset
     target_chunks : tuple, dict or None
-        Tuple of sizes; dict by dimension name; for groups a dict by array
-        name or by dimension name. ``-1`` is the whole dimension.
+        Sizes; or a dict by dimension name (or, for groups, by array name); ``-1``: all.
     max_mem : int or str
         Most bytes of array data one task may hold: ``268435456``, ``"256MB"``.
     target_store, temp_store : path, fsspec URL, zarr Store or zarr.Group
         Where the target and the intermediates go (``temp_store`` only when
         needed); the target may be a writable ``icechunk.Session`` (docs/icechunk.md).
     target_options, temp_options : dict, optional
-        ``zarr.create_array`` keywords (``compressors``, ``shards``,
-        ``overwrite``, ``storage_options``, ...), shared or keyed by array name.
+        ``zarr.create_array`` keywords (``compressors``, ``shards``, ``overwrite``,
+        ``storage_options``, ...), shared or keyed by array name.
     executor : str or Executor
-        ``"threads"`` (default), ``"python"``, ``"dask"``, ``"prefect"``,
-        ``"beam"`` or any registered name.
+        ``"threads"`` (default), ``"python"``, ``"dask"``, ``"prefect"``, ``"beam"``, ...
     array_name : str, optional
         The array's name inside a target or temp ``zarr.Group``.
     keep_temp : bool
         Keep the intermediates after a successful run.
+    resume : bool
+        Continue an interrupted run of the same job (docs/failures.md): what
+        it left must match this plan, and ``execute()`` skips finished tasks.
+    retries, retry_backoff : int, float
+        Retries of each chunk read or write after a transient store error,
+        and the seconds before the first (each later wait doubles).
 
     Raises
     ------
     ValueError, TypeError
         For bad input, before anything is written.
     """
+    retry = RetryPolicy(retries, retry_backoff)  # checked first: it is plain input
     chosen = get_executor(executor)
     found, options = _resolve_source(open_source(source), target_options, temp_options)
     memory = parse_bytes(max_mem)
@@ -236,15 +250,33 @@ def rechunk(
         target_store, temp_store, options, array_name=array_name, source_is_group=found.is_group
     )
     jobs = plan_jobs(found, target_chunks, memory, dest, options)
-    check_places(found, jobs, dest)
+    return _prepare(found, jobs, dest, chosen, options.zarr_format, keep_temp, resume, retry)
+
+
+def _prepare(
+    found: Source,
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    chosen: Executor[Any],
+    fmt: ZarrFormat,
+    keep_temp: bool,
+    resume: bool,
+    retry: RetryPolicy,
+) -> Rechunked:
+    """Every check that needs the plan, in order; then create what the run writes into."""
+    check_places(found, jobs, dest, resume=resume)
     if not chosen.shares_memory:
         refuse_in_memory(
             [found.location, dest.target, dest.temp.base if dest.temp else None],
             type(chosen).__name__,
         )
-    rehearse(found, jobs, dest, options.zarr_format)
-    specs, plan = create_specs(found, jobs, dest, options.zarr_format, chosen, keep_temp=keep_temp)
-    return Rechunked(chosen, plan, specs, jobs, found, dest)
+    rehearse(found, jobs, dest, fmt)
+    if resume:
+        check_resume(found, jobs, dest, fmt)
+    specs, plan = create_specs(
+        found, jobs, dest, fmt, chosen, keep_temp=keep_temp, resume=resume, retry=retry
+    )
+    return Rechunked(chosen, plan, specs, jobs, found, dest, resumed=resume)
 
 
 def _resolve_source(

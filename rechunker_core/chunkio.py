@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice, product
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -48,6 +49,7 @@ from zarr.storage import LocalStore
 from rechunker_core.algorithm import MemoryModel
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
+from rechunker_core.retry import RetryPolicy, retrying, retrying_async
 from rechunker_core.zarr_internals import submit, sync
 
 __all__ = [
@@ -322,15 +324,24 @@ class _LocalChunks:
     """Chunk files in a local directory: plain reads, atomic writes (temp file + rename).
 
     A chunk file is complete or absent: a task killed mid-write leaves only a
-    hidden ``.partial`` file, never a torn chunk.
+    hidden ``.partial`` file, never a torn chunk. Each read and write is
+    retried on a transient error (``EIO`` of a network file system, ...) as
+    ``retry`` says.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, retry: RetryPolicy | None) -> None:
         self.root = root
+        self.retry = retry
         self._made: set[Path] = set()
+
+    def _what(self, verb: str, key: str) -> Callable[[], str]:
+        return lambda: f"{verb} chunk {key!r} in {self.root}"
 
     def read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
         """Read the raw chunk ``key`` into the C-contiguous ``out``; False if absent."""
+        return retrying(lambda: self._read_into(key, out), self._what("reading", key), self.retry)
+
+    def _read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
         view = out.reshape(-1).view(np.uint8).data
         try:
             with open(self.root / key, "rb", buffering=0) as file:
@@ -344,28 +355,34 @@ class _LocalChunks:
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
         """``(index, bytes or None)`` for each key, in order."""
         for i, key in enumerate(keys):
-            try:
-                yield i, (self.root / key).read_bytes()
-            except FileNotFoundError:
-                yield i, None
+            yield i, retrying(partial(self._read, key), self._what("reading", key), self.retry)
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
         """Store each ``(key, bytes-like)``, one after another."""
         for key, data in items:
-            path = self.root / key
-            if path.parent not in self._made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._made.add(path.parent)
-            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-            try:
-                with open(partial, "wb", buffering=0) as file:
-                    view = memoryview(data).cast("B")
-                    while view:
-                        view = view[file.write(view) :]
-                os.replace(partial, path)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
+            retrying(partial(self._write, key, data), self._what("writing", key), self.retry)
+
+    def _write(self, key: str, data: Any) -> None:
+        path = self.root / key
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
+        scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            with open(scratch, "wb", buffering=0) as file:
+                view = memoryview(data).cast("B")
+                while view:
+                    view = view[file.write(view) :]
+            os.replace(scratch, path)
+        except BaseException:
+            scratch.unlink(missing_ok=True)
+            raise
 
     def exists(self, key: str) -> bool:
         """Whether chunk ``key`` is stored."""
@@ -378,13 +395,34 @@ class _StoreChunks:
     Up to ``concurrency`` requests are in flight at once, in a sliding window:
     while the task decodes one chunk (or encodes the next), the following
     requests are already on their way, so a store's latency overlaps with
-    itself and with the task's work.
+    itself and with the task's work. Each request is retried on a transient
+    error as ``retry`` says; its waits do not hold up the other requests.
     """
 
-    def __init__(self, store: Store, path: str, concurrency: int) -> None:
+    def __init__(
+        self, store: Store, path: str, concurrency: int, retry: RetryPolicy | None
+    ) -> None:
         self.store = store
         self.prefix = f"{path}/" if path else ""
         self.concurrency = concurrency
+        self.retry = retry
+
+    def _what(self, verb: str, key: str) -> Callable[[], str]:
+        return lambda: f"{verb} {key!r} in store {self.store}"
+
+    def _get(self, key: str, prototype: Any) -> Future[Any]:
+        return submit(
+            retrying_async(
+                lambda: self.store.get(key, prototype), self._what("reading", key), self.retry
+            )
+        )
+
+    def _set(self, key: str, payload: Any) -> Future[Any]:
+        return submit(
+            retrying_async(
+                lambda: self.store.set(key, payload), self._what("writing", key), self.retry
+            )
+        )
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
         """``(index, bytes or None)`` for each key, in order."""
@@ -394,7 +432,7 @@ class _StoreChunks:
 
         def top_up() -> None:
             for i, key in islice(pending, self.concurrency - len(window)):
-                window.append((i, submit(self.store.get(self.prefix + key, prototype))))
+                window.append((i, self._get(self.prefix + key, prototype)))
 
         top_up()
         try:
@@ -414,7 +452,7 @@ class _StoreChunks:
             for key, data in items:
                 # A copy: the chunk's buffer may be reused for the next one.
                 payload = prototype.buffer.from_bytes(bytes(data))
-                window.append(submit(self.store.set(self.prefix + key, payload)))
+                window.append(self._set(self.prefix + key, payload))
                 if len(window) >= self.concurrency:
                     window.popleft().result()
             while window:
@@ -424,7 +462,14 @@ class _StoreChunks:
 
     def exists(self, key: str) -> bool:
         """Whether chunk ``key`` is stored."""
-        return bool(sync(self.store.exists(self.prefix + key)))
+        key = self.prefix + key
+        return bool(
+            sync(
+                retrying_async(
+                    lambda: self.store.exists(key), self._what("looking for", key), self.retry
+                )
+            )
+        )
 
 
 def _settle(requests: Iterable[Future[Any]]) -> None:
@@ -434,11 +479,11 @@ def _settle(requests: Iterable[Future[Any]]) -> None:
             request.result()
 
 
-def _chunks_of(store: Store, path: str) -> _LocalChunks | _StoreChunks:
+def _chunks_of(store: Store, path: str, retry: RetryPolicy | None) -> _LocalChunks | _StoreChunks:
     if _local(store):
         root = Path(str(store.root))
-        return _LocalChunks(root / path if path else root)
-    return _StoreChunks(store, path, CONCURRENCY)
+        return _LocalChunks(root / path if path else root, retry)
+    return _StoreChunks(store, path, CONCURRENCY, retry)
 
 
 # --------------------------------------------------------------------------
@@ -484,9 +529,18 @@ class ChunkIO:
         Opened from ``store`` at ``path``.
     codec : ChunkCodec
         From :func:`chunk_codec`.
+    retry : RetryPolicy or None
+        How each store request is retried on a transient error.
     """
 
-    def __init__(self, array: zarr.Array[Any], codec: ChunkCodec, store: Store, path: str) -> None:
+    def __init__(
+        self,
+        array: zarr.Array[Any],
+        codec: ChunkCodec,
+        store: Store,
+        path: str,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.codec = codec
         self.shape = tuple(array.shape)
         self.chunks = tuple(array.chunks)
@@ -494,7 +548,7 @@ class ChunkIO:
         self.fill_value = array.fill_value
         self.skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
         self._key: Callable[[tuple[int, ...]], str] = array.metadata.encode_chunk_key
-        self._store = _chunks_of(store, path)
+        self._store = _chunks_of(store, path, retry)
 
     @property
     def _fill(self) -> Any:
@@ -599,8 +653,11 @@ def writing_memory(local: bool, sharded: bool) -> MemoryModel:
     return MemoryModel() if local or sharded else MemoryModel(concurrency=CONCURRENCY)
 
 
-def chunk_io(array: zarr.Array[Any], store: Store, path: str) -> ChunkIO | None:
+def chunk_io(
+    array: zarr.Array[Any], store: Store, path: str, retry: RetryPolicy | None = None
+) -> ChunkIO | None:
     """A :class:`ChunkIO` for ``array`` (opened from ``store`` at ``path``), or None
-    when this module does not handle its layout and zarr's own path must be used."""
+    when this module does not handle its layout and zarr's own path must be used.
+    Each store request is retried on a transient error as ``retry`` says."""
     codec = chunk_codec(array)
-    return None if codec is None else ChunkIO(array, codec, store, path)
+    return None if codec is None else ChunkIO(array, codec, store, path, retry)

@@ -1,4 +1,6 @@
-"""The ``rechunker-core`` command line (also ``python -m rechunker_core``).
+"""The ``rechunker-core`` command line (also ``python -m rechunker_core``): plan,
+run, info, clean, demo, and run-part/finish for plans run by independent
+processes (HPC array jobs).
 
 Argument parsing only: each command turns its arguments into a call of the
 API or an executor. Bad input prints one line on stderr and exits with
@@ -38,6 +40,8 @@ from rechunker_core.option_values import (
 )
 from rechunker_core.options import DEFAULT_MEMORY_SHARE, default_max_mem, parse_bytes
 from rechunker_core.progress import choose_progress
+from rechunker_core.resume import clean, is_complete
+from rechunker_core.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 
 __all__ = ["main", "parse_target_chunks"]
 
@@ -133,6 +137,9 @@ def _save_plan(args: argparse.Namespace, source: Any, chunks: Any, max_mem: int)
         temp_options=temp_options,
         executor=PartsExecutor(args.save, parts=args.parts),
         keep_temp=args.keep_temp,
+        resume=args.resume,
+        retries=args.retries,
+        retry_backoff=args.retry_backoff,
     )
     print(rechunked.summary())
     rounds = rechunked.plan.rounds
@@ -201,6 +208,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             temp_options=temp_options,
             executor=executor,
             keep_temp=args.keep_temp,
+            resume=args.resume,
+            retries=args.retries,
+            retry_backoff=args.retry_backoff,
         )
         print(rechunked.summary())
         print(f"max_mem: {how}", flush=True)
@@ -213,6 +223,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     storage = storage_options(parse_pairs(args.storage_option, "--storage-option"))
     print(describe_store(_open_source(args.store, storage), args.store))
+    if is_complete(args.store, storage_options=storage or None):
+        print("complete: yes")
+    else:
+        print(
+            "complete: NO (a run is writing it, or was interrupted: run it again with "
+            "--resume, or remove it with 'rechunker-core clean')"
+        )
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    removed = clean(args.target, args.temp)
+    for what in removed:
+        print(f"removed {what}")
+    if not removed:
+        print(f"nothing to clean: {args.target} is complete and holds no leftovers")
     return 0
 
 
@@ -320,6 +346,7 @@ def _add_plan(sub: Any) -> None:
     )
     plan.add_argument("--overwrite", action="store_true", help="with --save: replace a target")
     plan.add_argument("--workers", type=_positive, help="workers the default --max-mem is for")
+    _reliability_options(plan)
     plan.set_defaults(run=_cmd_plan)
 
 
@@ -348,6 +375,7 @@ def _add_run(sub: Any) -> None:
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing target")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _reliability_options(run)
     run.set_defaults(run=_cmd_run)
 
 
@@ -394,6 +422,36 @@ def _add_info_and_demo(sub: Any) -> None:
     demo.set_defaults(run=_cmd_demo)
 
 
+def _add_clean(sub: Any) -> None:
+    clean_ = sub.add_parser(
+        "clean", help="remove what an abandoned (interrupted) run created, and nothing else"
+    )
+    clean_.add_argument("target", help="the target the run wrote into, e.g. out.zarr")
+    clean_.add_argument("--temp", help="its temp store, if it was not a path or URL")
+    clean_.set_defaults(run=_cmd_clean)
+
+
+def _reliability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same job, skipping the work it finished",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help=f"retries of a chunk read or write after a transient store error ({DEFAULT_RETRIES})",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=DEFAULT_BACKOFF,
+        metavar="SECONDS",
+        help=f"wait before the first retry; later waits double ({DEFAULT_BACKOFF})",
+    )
+
+
 def _version() -> str:
     try:
         return version("rechunker-core")
@@ -413,6 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     _add_run(sub)
     _add_parts(sub)
+    _add_clean(sub)
     return parser
 
 
@@ -421,6 +480,7 @@ _CLI_SPELLINGS = (
     ("target_options={'overwrite': True}", "--overwrite"),
     ("temp_options={'overwrite': True}", "--overwrite"),
     ("pass temp_store=", "pass --temp"),
+    ("resume=True", "--resume"),
     ("target_store", "TARGET"),
     ("temp_store", "--temp"),
     ("max_mem", "--max-mem"),

@@ -15,6 +15,11 @@ Every executor calls these, and nothing else copies:
 - :func:`finish` is the last step of every plan; :func:`complete` the
   driver's, once the plan has run (it merges the changes of Icechunk targets
   into their sessions).
+
+Resuming is one rule here, so every engine resumes the same way:
+:func:`run_batch` records each task in its stage's journal once all its
+writes returned, and a round leaves out the tasks its journals record as
+done (:attr:`Round.done`), whether it is cut into batches or into parts.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property, partial
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +44,15 @@ import numpy as np
 from rechunker_core.blocks import Blocks
 from rechunker_core.chunkio import FREED_MEMORY, REGIONS
 from rechunker_core.geometry import Region
+from rechunker_core.journal import (
+    TaskSet,
+    discard,
+    finished,
+    followed,
+    recorder,
+    remove_marker,
+)
+from rechunker_core.retry import retrying
 from rechunker_core.sessions import SessionPlace, batch_writes
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, remove
@@ -54,6 +69,7 @@ __all__ = [
     "check_driver",
     "complete",
     "copy_region",
+    "count_done",
     "feed_path",
     "finish",
     "least_batch_size",
@@ -123,18 +139,59 @@ class Batch:
         return len(self.tasks)
 
 
-def run_batch(batch: Batch) -> int:
-    """Copy every task of ``batch``; return how many were copied."""
-    target = batch.stage.target.location
+def run_batch(batch: Batch, *, recheck: bool = False) -> int:
+    """Copy every task of ``batch``; return how many tasks it covers.
+
+    Each task is recorded in the stage's journal only after all its writes
+    returned, and the batch returns only once its records are in the store:
+    a process killed at any moment leaves unrecorded at most the tasks it
+    was running.
+
+    ``recheck`` is for engines that may run a batch again (dask after a
+    worker died, Prefect and Beam retries): tasks the journal already
+    records, as this process last read it (:func:`~rechunker_core.journal.followed`),
+    are skipped.
+    """
+    stage = batch.stage
+    journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
+    todo = [batch.tasks]
+    if recheck and stage.journal is not None:
+        done = followed(
+            stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
+        )
+        todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
+    target = stage.target.location
     with batch_writes(target.store, target.path, batch.tasks):
-        for task in batch.tasks:
-            copy_region(batch.stage, batch.stage.task_region(task))
+        for tasks in todo:
+            for task in tasks:
+                copy_region(stage, stage.task_region(task))
+                journal.add(task)
+    journal.commit()
     return batch.num_tasks
 
 
-def _split(stage: CopySpec, size: int) -> Iterator[Batch]:
-    for start in range(0, stage.num_tasks, size):
-        yield Batch(stage, range(start, min(start + size, stage.num_tasks)))
+def _finished(stage: CopySpec) -> TaskSet:
+    """The tasks of ``stage`` its journal records as done."""
+    if stage.journal is None:
+        return TaskSet.union([])
+    return finished(
+        stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
+    )
+
+
+def _split(stage: CopySpec, size: int, done: TaskSet) -> Iterator[Batch]:
+    """Batches of ``size`` tasks, aligned to multiples of ``size``, of the tasks not done.
+
+    >>> from types import SimpleNamespace as NS
+    >>> [b.tasks for b in _split(NS(num_tasks=9), 4, TaskSet.union([(1, 3)]))]
+    [range(0, 1), range(3, 4), range(4, 8), range(8, 9)]
+    """
+    for first, stop in done.missing(0, stage.num_tasks):
+        start = first
+        while start < stop:
+            end = min(stop, (start // size + 1) * size)
+            yield Batch(stage, range(start, end))
+            start = end
 
 
 @dataclass(frozen=True)
@@ -153,6 +210,19 @@ class Round:
     def nbytes(self) -> int:
         """Bytes the round writes: every array of its stages, once."""
         return sum(math.prod(s.shape) * s.source.dtype.itemsize for s in self.stages)
+
+    @cached_property
+    def done(self) -> tuple[TaskSet, ...]:
+        """Per stage, the tasks its journal records as done: read once, when first asked.
+
+        :meth:`batches`, :meth:`tasks` and :meth:`part` leave these tasks out.
+        """
+        return tuple(_finished(stage) for stage in self.stages)
+
+    @property
+    def num_done(self) -> int:
+        """Tasks of the round already done (by an earlier, interrupted run)."""
+        return sum(done.count for done in self.done)
 
     def tasks(self) -> Iterator[Batch]:
         """Every task as a batch of one, lazily."""
@@ -177,7 +247,8 @@ class Round:
         >>> from types import SimpleNamespace as NS
         >>> import numpy as np
         >>> def stage(n, side):
-        ...     return NS(num_tasks=n, task_chunks=(side, side), source=NS(dtype=np.dtype("f8")))
+        ...     source = NS(dtype=np.dtype("f8"))
+        ...     return NS(num_tasks=n, task_chunks=(side, side), source=source, journal=None)
         >>> big, tiny = stage(50, 1000), stage(10**5, 10)
         >>> [b.num_tasks for b in Round(0, (big,)).batches()][:2]
         [1, 1]
@@ -190,11 +261,11 @@ class Round:
         >>> len(list(Round(0, (big,)).batches(at_least=20)))
         3
         """
-        for stage in self.stages:
+        for stage, done in zip(self.stages, self.done):
             chosen = max(size or self._auto_size(stage), at_least)
             if most is not None:
                 chosen = max(chosen, math.ceil(stage.num_tasks / most))
-            yield from _split(stage, chosen)
+            yield from _split(stage, chosen, done)
 
     def _auto_size(self, stage: CopySpec) -> int:
         task_bytes = math.prod(stage.task_chunks) * stage.source.dtype.itemsize
@@ -206,18 +277,20 @@ class Round:
 
         The round's tasks are numbered one after another, stage by stage; part
         ``i`` takes numbers ``i * total // parts`` up to ``(i + 1) * total // parts``.
+        Tasks already done are left out, so a part run again does only the rest.
 
         >>> from types import SimpleNamespace as NS
-        >>> r = Round(0, (NS(name="a", num_tasks=3), NS(name="b", num_tasks=4)))
+        >>> a, b = NS(name="a", num_tasks=3, journal=None), NS(name="b", num_tasks=4, journal=None)
+        >>> r = Round(0, (a, b))
         >>> [[(b.stage.name, b.tasks) for b in r.part(i, 3)] for i in range(3)]
         [[('a', range(0, 2))], [('a', range(2, 3)), ('b', range(0, 1))], [('b', range(1, 4))]]
         """
         low, high = part * self.num_tasks // parts, (part + 1) * self.num_tasks // parts
         batches, offset = [], 0
-        for stage in self.stages:
+        for stage, done in zip(self.stages, self.done):
             start, stop = max(low, offset), min(high, offset + stage.num_tasks)
-            if start < stop:
-                batches.append(Batch(stage, range(start - offset, stop - offset)))
+            for first, end in done.missing(start - offset, stop - offset):
+                batches.append(Batch(stage, range(first, end)))
             offset += stage.num_tasks
         return batches
 
@@ -476,6 +549,13 @@ def run_local(
     finish(specs)
 
 
+def count_done(specs: Sequence[StagedCopySpec], tracker: Tracker) -> None:
+    """Report the tasks an interrupted run finished (its journals record them) as done."""
+    for round_ in rounds(specs):
+        if round_.num_done:
+            tracker.finished(round_.num_done, round_.number)
+
+
 def _bounded(pool: ThreadPoolExecutor, batches: Iterable[Batch], limit: int) -> Iterator[int]:
     """Run batches on ``pool`` with at most ``limit`` in flight; yield each one's count."""
     pending: set[Future[int]] = set()
@@ -495,20 +575,40 @@ def _bounded(pool: ThreadPoolExecutor, batches: Iterable[Batch], limit: int) -> 
 
 def finish(specs: Iterable[StagedCopySpec]) -> None:
     """The last step of every plan: delete the intermediates the run created,
-    then the directories it made for them if they are empty, and release its claims.
+    then the directories it made for them if they are empty, mark the target
+    complete, and release the run's claims.
 
     Nothing else is deleted: the specs list only what the run itself created.
+    The order makes a crash here harmless: an intermediate's journal goes
+    before its data (a half-deleted intermediate is never taken as done), and
+    the target's journal only after its marker (until then a resumed run sees
+    its last stage done, and copies nothing again).
     """
     specs = tuple(specs)
     for spec in specs:
+        policy = spec.target.retry
+        for stage in spec.stages[:-1]:
+            discard(stage.journal, policy)
         for location in spec.cleanup:
-            remove(location)
+            retrying(partial(remove, location), f"deleting {location.describe()}", policy)
     for spec in specs:
         for location in spec.remove_empty:
             location.remove_if_empty()
     for spec in specs:
+        for place in spec.incomplete:
+            retrying(
+                partial(remove_marker, place),
+                f"marking {place.describe()} complete",
+                spec.target.retry,
+            )
+    for spec in specs:
+        discard(spec.stages[-1].journal, spec.target.retry)
         for claim in spec.claims:
-            claim.release()
+            retrying(
+                partial(claim.release, strict=True),
+                f"releasing the claim on {claim.location.describe()}",
+                spec.target.retry,
+            )
 
 
 def check_driver(specs: Iterable[StagedCopySpec], what: str) -> None:

@@ -16,10 +16,11 @@ The safety rules live here, in the order they apply:
 from __future__ import annotations
 
 import asyncio
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import zarr
@@ -27,6 +28,7 @@ from zarr.storage import MemoryStore
 
 from rechunker_core.executors import Executor
 from rechunker_core.jobs import ArrayJob, overwrites
+from rechunker_core.journal import JOURNAL_KEY, JournalRef, read_marker, remove_marker, write_marker
 from rechunker_core.locations import (
     Claim,
     StoreLocation,
@@ -36,12 +38,20 @@ from rechunker_core.locations import (
 )
 from rechunker_core.options import ZarrFormat
 from rechunker_core.places import Destination
+from rechunker_core.resume import (
+    check_marker,
+    fingerprint,
+    marker_document,
+    metadata_differences,
+    settle,
+)
+from rechunker_core.retry import RetryPolicy
 from rechunker_core.sources import Source, SourceArray
 from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, clear_cache
 from rechunker_core.zarr_internals import sync
 
-__all__ = ["check_places", "create_specs", "rehearse"]
+__all__ = ["check_places", "check_resume", "create_specs", "rehearse"]
 
 T = TypeVar("T")
 
@@ -51,17 +61,36 @@ def _targets(jobs: Sequence[ArrayJob], dest: Destination) -> list[StoreLocation]
     return [job.target for job in jobs] if dest.is_group else [dest.target]
 
 
-def _intermediates(jobs: Sequence[ArrayJob], dest: Destination) -> list[StoreLocation]:
-    """Every intermediate array the layouts need."""
+def _job_intermediates(job: ArrayJob, dest: Destination) -> list[StoreLocation]:
+    """The intermediate arrays of one job's layout."""
     return [
-        dest.intermediate(job.name, i)
-        for job in jobs
-        for i in range(1, len(job.layout.intermediate_chunks) + 1)
+        dest.intermediate(job.name, i) for i in range(1, len(job.layout.intermediate_chunks) + 1)
     ]
 
 
-def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> None:
+def _intermediates(jobs: Sequence[ArrayJob], dest: Destination) -> list[StoreLocation]:
+    """Every intermediate array the layouts need."""
+    return [location for job in jobs for location in _job_intermediates(job, dest)]
+
+
+def _place_of(job: ArrayJob, dest: Destination) -> StoreLocation:
+    """The target place (one of :func:`_targets`) that holds ``job``'s target."""
+    return job.target if dest.is_group else dest.target
+
+
+def _resumed(jobs: Sequence[ArrayJob], dest: Destination) -> list[bool]:
+    """Per job: whether an interrupted run left its target place incomplete."""
+    marked = {str(p.identity): read_marker(p) is not None for p in _targets(jobs, dest)}
+    return [marked[str(_place_of(job, dest).identity)] for job in jobs]
+
+
+def check_places(
+    source: Source, jobs: Sequence[ArrayJob], dest: Destination, *, resume: bool = False
+) -> None:
     """Refuse, before anything is written, every place a rechunk must not write.
+
+    With ``resume``, a target an interrupted run left incomplete (and its
+    intermediates) may hold data; :func:`check_resume` then compares it with the plan.
 
     Raises
     ------
@@ -91,15 +120,40 @@ def check_places(source: Source, jobs: Sequence[ArrayJob], dest: Destination) ->
                     f"{what_b} {b.describe()} is {relation} {what_a} {a.describe()}; give "
                     "each of source, target and temp_store a place of its own"
                 )
+    _check_free(jobs, dest, resume)
+
+
+def _check_free(jobs: Sequence[ArrayJob], dest: Destination, resume: bool) -> None:
+    """Targets and intermediates hold nothing, unless asked to replace or resume it."""
     overwrite = overwrites(jobs, "target")
-    for place in targets:
+    if resume and overwrite:
+        raise ValueError(
+            "resume=True continues an interrupted run, and target_options={'overwrite': True} "
+            "replaces it: pass one of them"
+        )
+    for place in _targets(jobs, dest):
         if not overwrite and _holds_data(place):
+            incomplete = read_marker(place) is not None
+            if resume and incomplete:
+                continue
+            if resume:
+                raise ValueError(
+                    f"resume=True, but the target {place.describe()} holds data that no "
+                    "interrupted rechunk left (it is complete, or not a rechunk's): nothing to "
+                    "resume; pass target_options={'overwrite': True} to replace it"
+                )
+            hint = " left incomplete by an interrupted rechunk; pass resume=True to finish it, or"
             raise ValueError(
-                f"the target {place.describe()} already holds data; pass "
-                "target_options={'overwrite': True} to replace it"
+                f"the target {place.describe()} already holds data{hint if incomplete else ';'} "
+                "pass target_options={'overwrite': True} to replace it"
             )
-    for location in _intermediates(jobs, dest):
-        _check_intermediate_free(location, _replace_intermediates(jobs, dest))
+    resumed = _resumed(jobs, dest) if resume else [False] * len(jobs)
+    replaceable = _replace_intermediates(jobs, dest)
+    for job, resuming in zip(jobs, resumed):
+        for location in _job_intermediates(job, dest):
+            if resuming and (not _holds_data(location) or _is_zarr_array(location)):
+                continue  # the interrupted run's: check_resume compares it with the plan
+            _check_intermediate_free(location, replaceable)
 
 
 def _replace_intermediates(jobs: Sequence[ArrayJob], dest: Destination) -> bool:
@@ -109,6 +163,33 @@ def _replace_intermediates(jobs: Sequence[ArrayJob], dest: Destination) -> bool:
     user's temp_store, only when the user asks.
     """
     return (dest.temp is not None and dest.temp.scratch) or overwrites(jobs, "temp")
+
+
+def check_resume(
+    source: Source, jobs: Sequence[ArrayJob], dest: Destination, fmt: ZarrFormat
+) -> None:
+    """For ``resume=True``, read only: what an interrupted run left must fit this plan.
+
+    Each incomplete target must hold the marker of a run of this same job
+    (:func:`rechunker_core.resume.check_marker`), and every array that run
+    created must have the metadata this run would create.
+
+    Raises
+    ------
+    ValueError
+        Naming the place and what differs, before anything is written.
+    """
+    plan = fingerprint(source, jobs)
+    for place in _targets(jobs, dest):
+        if read_marker(place) is not None:
+            check_marker(place, plan, dest)
+    for job, resuming in zip(jobs, _resumed(jobs, dest)):
+        if resuming:
+            for location, chunks, kwargs in _planned_arrays(job, dest, fmt):
+                if _is_zarr_array(location):
+                    _check_matches(
+                        location, job.array.ref.shape, job.array.ref.dtype, chunks, kwargs
+                    )
 
 
 def _holds_data(location: StoreLocation) -> bool:
@@ -148,7 +229,9 @@ def rehearse(source: Source, jobs: Sequence[ArrayJob], dest: Destination, fmt: Z
     temp = dest.temp
     scratch_temp = replace(temp, base=StoreLocation(temps, temp.base.path)) if temp else None
     scratch = replace(dest, target=StoreLocation(targets, dest.target.path), temp=scratch_temp)
-    _create_metadata(source, scratch_jobs, scratch, fmt)
+    _create_metadata(
+        source, scratch_jobs, scratch, _Chains(fmt, "", RetryPolicy()), [False] * len(jobs)
+    )
 
 
 class _Ledger:
@@ -160,6 +243,8 @@ class _Ledger:
         self.new_dirs: list[StoreLocation] = []  # local directories made, deepest first
         self.temp_dirs: list[StoreLocation] = []  # those of them made for intermediates
         self.added_keys: list[StoreLocation] = []  # group metadata zarr added to the temp
+        self.markers: list[StoreLocation] = []  # incomplete markers this call wrote
+        self.tokens: dict[str, str] = {}  # target place -> its job token (journals carry it)
 
     def claim(self, location: StoreLocation, what: str, process_bound: bool) -> Claim:
         """Claim ``location``, noting the directories the claim had to create."""
@@ -170,6 +255,8 @@ class _Ledger:
         return claim
 
     def undo(self) -> None:
+        for location in self.markers:
+            remove_marker(location)
         for location in self.added_keys:
             location.delete()
         for location in self.created:
@@ -215,8 +302,12 @@ def create_specs(
     executor: Executor[T],
     *,
     keep_temp: bool,
+    resume: bool = False,
+    retry: RetryPolicy | None = None,
 ) -> tuple[tuple[StagedCopySpec, ...], T]:
     """Claim the target and intermediates, create their metadata, prepare the plan.
+
+    A new target gets the incomplete marker right after its claim.
 
     Parameters
     ----------
@@ -229,6 +320,11 @@ def create_specs(
         then they are held by lease.
     keep_temp : bool
         Whether the specs leave the intermediates in place.
+    resume : bool
+        Continue what an interrupted run of this job left (checked by
+        :func:`check_resume`): its arrays are kept, not created again.
+    retry : RetryPolicy, optional
+        How every chunk operation of the plan is retried.
 
     Raises
     ------
@@ -239,36 +335,126 @@ def create_specs(
     ledger = _Ledger()
     try:
         process_bound = not getattr(executor, "runs_after_exit", False)
-        claims = _claim_all(jobs, dest, ledger, process_bound)
+        plan = fingerprint(source, jobs)
+        claims, resumed = _claim_all(jobs, dest, ledger, process_bound, resume, plan)
         temp_before = _group_keys(dest.temp.base) if dest.temp else set()
-        specs = _create_metadata(source, jobs, dest, fmt)
-        if (session := dest.target.icechunk) is not None:
-            session.seal()  # what tasks in other processes start from: the metadata
+        chains = _Chains(fmt, uuid.uuid4().hex, retry or RetryPolicy(), ledger.tokens)
+        specs = _create_metadata(source, jobs, dest, chains, resumed)
         if dest.temp is not None:
             # zarr writes group metadata above a new array: in the temp store, it is ours.
             added = sorted(_group_keys(dest.temp.base) - temp_before)
             ledger.added_keys = [dest.temp.base.child(key) for key in added]
-        cleanup = () if keep_temp else (*_intermediates(jobs, dest), *ledger.added_keys)
-        remove_empty = () if keep_temp else tuple(ledger.temp_dirs)
-        last = replace(specs[-1], cleanup=cleanup, remove_empty=remove_empty, claims=claims)
-        specs = (*(replace(spec, claims=claims) for spec in specs[:-1]), last)
+        kept, dirs = _write_markers(jobs, dest, ledger, plan, resumed)
+        cleanup = () if keep_temp else (*_intermediates(jobs, dest), *kept)
+        specs = _with_bookkeeping(specs, jobs, dest, claims, cleanup, () if keep_temp else dirs)
+        for spec in (spec for spec, resuming in zip(specs, resumed) if resuming):
+            settle(spec)
         return specs, executor.prepare_plan(specs)
     except BaseException:
         ledger.undo()
         raise
 
 
+def _with_bookkeeping(
+    specs: Sequence[StagedCopySpec],
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    claims: tuple[Claim, ...],
+    cleanup: tuple[StoreLocation, ...],
+    remove_empty: tuple[StoreLocation, ...],
+) -> tuple[StagedCopySpec, ...]:
+    """The specs with what their last step releases, marks complete and deletes."""
+    marked = tuple(
+        replace(spec, claims=claims, incomplete=_marked(_place_of(job, dest)))
+        for spec, job in zip(specs, jobs)
+    )
+    return (*marked[:-1], replace(marked[-1], cleanup=cleanup, remove_empty=remove_empty))
+
+
+def _marked(place: StoreLocation) -> tuple[StoreLocation, ...]:
+    """The places whose incomplete marker the run removes last: none in an Icechunk session."""
+    return () if place.icechunk is not None else (place,)
+
+
+def _write_markers(
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    ledger: _Ledger,
+    plan: dict[str, Any],
+    resumed: Sequence[bool],
+) -> tuple[tuple[StoreLocation, ...], tuple[StoreLocation, ...]]:
+    """Complete the markers of new targets; return the temp keys and directories to clean up.
+
+    A resumed run cleans up what the interrupted run's marker lists, too.
+    """
+    keys = {str(k.identity): k for k in ledger.added_keys}
+    dirs = {str(d.identity): d for d in ledger.temp_dirs}
+    for place in _targets(jobs, dest):
+        if place.icechunk is not None:
+            continue  # no marker: see _claim_all
+        if any(str(place.identity) == str(m.identity) for m in ledger.markers):
+            write_marker(place, _document(place, jobs, dest, ledger, plan))
+            continue
+        temp = (read_marker(place) or {}).get("temp") or {}
+        if dest.temp is not None:
+            for key in temp.get("added_keys", ()):
+                location = dest.temp.base.child(key)
+                keys.setdefault(str(location.identity), location)
+        for path in temp.get("new_dirs", ()):
+            dirs.setdefault(str(StoreLocation(path).identity), StoreLocation(path))
+    return tuple(keys.values()), tuple(dirs.values())
+
+
+def _document(
+    place: StoreLocation,
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    ledger: _Ledger,
+    plan: dict[str, Any],
+) -> dict[str, Any]:
+    """The marker of the target place ``place``: the plan, and what the run created."""
+    here = [job for job in jobs if str(_place_of(job, dest).identity) == str(place.identity)]
+    base = dest.temp.base if dest.temp is not None else None
+    return marker_document(
+        plan,
+        place,
+        dest,
+        [loc for job in here for loc in _job_intermediates(job, dest)],
+        [d for d in ledger.new_dirs if place.identity.contains(d.identity)],
+        ledger.temp_dirs,
+        [k.path[len(base.path) :].lstrip("/") for k in ledger.added_keys] if base else [],
+        job=ledger.tokens[str(place.identity)],
+    )
+
+
 def _claim_all(
-    jobs: Sequence[ArrayJob], dest: Destination, ledger: _Ledger, process_bound: bool
-) -> tuple[Claim, ...]:
-    """Claim every place, check it again under the claim, and clear it if asked."""
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    ledger: _Ledger,
+    process_bound: bool,
+    resume: bool,
+    plan: dict[str, Any],
+) -> tuple[tuple[Claim, ...], list[bool]]:
+    """Claim every place, check it again under the claim, and clear it if asked.
+
+    A new target gets its incomplete marker at once; an incomplete one is
+    kept when resuming (its marker checked again under the claim). Returns
+    the claims and, per job, whether it resumes.
+    """
     overwrite = overwrites(jobs, "target")
+    kept: set[str] = set()
     for place in _targets(jobs, dest):
         fresh = not place.exists()
-        # An Icechunk session needs no claim: the run writes into a fork of
-        # its own, and the session's commit detects a conflicting writer.
+        # An Icechunk session needs no claim and no marker: the run writes into
+        # a fork of its own, the session's commit detects a conflicting writer,
+        # and nothing reaches the session before the run completes.
         if place.icechunk is None:
             ledger.claim(place, "the target", process_bound)
+        if resume and place.icechunk is None and (marker := read_marker(place)) is not None:
+            check_marker(place, plan, dest)
+            kept.add(str(place.identity))
+            ledger.tokens[str(place.identity)] = str(marker.get("job", ""))
+            continue
         if _holds_data(place):
             if not overwrite:
                 raise ValueError(
@@ -279,49 +465,111 @@ def _claim_all(
             place.delete_contents()
         if fresh or overwrite:
             ledger.created.append(place)
+        ledger.tokens[str(place.identity)] = uuid.uuid4().hex
+        if place.icechunk is None:
+            ledger.markers.append(place)
+            write_marker(place, _document(place, jobs, dest, ledger, plan))
+    resumed = [str(_place_of(job, dest).identity) in kept for job in jobs]
     if dest.temp is not None:
         ledger.temp_dirs = _missing_dirs(dest.temp.base)
-    for location in _intermediates(jobs, dest):
-        ledger.claim(location, "temp_store", process_bound)
-        _check_intermediate_free(location, _replace_intermediates(jobs, dest))
-        clear_cache(location)
-        location.delete_contents()
-        ledger.created.append(location)
-    return tuple(ledger.claims)
+    replaceable = _replace_intermediates(jobs, dest)
+    for job, resuming in zip(jobs, resumed):
+        for location in _job_intermediates(job, dest):
+            existed = location.exists()
+            ledger.claim(location, "temp_store", process_bound)
+            if resuming and (not _holds_data(location) or _is_zarr_array(location)):
+                if not existed:
+                    ledger.created.append(location)
+                continue
+            _check_intermediate_free(location, replaceable)
+            clear_cache(location)
+            location.delete_contents()
+            ledger.created.append(location)
+    return tuple(ledger.claims), resumed
 
 
-def _create_chain(job: ArrayJob, dest: Destination, fmt: ZarrFormat) -> StagedCopySpec:
-    """Create one array's target and intermediates; return its spec."""
-    shape, dtype = job.array.ref.shape, job.array.ref.dtype
+@dataclass(frozen=True)
+class _Chains:
+    """What every created chain shares: the target's zarr format, the run, the retries."""
+
+    fmt: ZarrFormat
+    run: str
+    retry: RetryPolicy
+    tokens: dict[str, str] = field(default_factory=dict)  # target place -> job token
+
+
+def _planned_arrays(
+    job: ArrayJob, dest: Destination, fmt: ZarrFormat
+) -> list[tuple[StoreLocation, tuple[int, ...], dict[str, Any]]]:
+    """Place, chunks and creation keywords of a job's target, then of its intermediates."""
     kwargs = _create_kwargs(job.array, {**job.options.target, "zarr_format": fmt}, fmt)
-    target_ref = _create_array(job.target, shape, dtype, job.target_chunks, kwargs)
-    assert target_ref.chunks == job.layout.stages[-1].write_chunks
-    refs: list[Any] = [job.array.ref]
+    planned = [(job.target, job.target_chunks, kwargs)]
     for i, chunks in enumerate(job.layout.intermediate_chunks, start=1):
         temp_kwargs = {**_create_kwargs(job.array, dict(job.options.temp), fmt), "attributes": {}}
-        refs.append(
-            _create_array(dest.intermediate(job.name, i), shape, dtype, chunks, temp_kwargs)
-        )
-    refs.append(target_ref)
+        planned.append((dest.intermediate(job.name, i), chunks, temp_kwargs))
+    return planned
+
+
+def _create_chain(
+    job: ArrayJob, dest: Destination, chains: _Chains, resume: bool
+) -> StagedCopySpec:
+    """Create one array's target and intermediates (or, resuming, open them); return its spec.
+
+    Each stage records its finished tasks in a journal inside the array it writes.
+    """
+    shape, dtype = job.array.ref.shape, job.array.ref.dtype
+    token = chains.tokens.get(str(_place_of(job, dest).identity), "")
+    target_ref, *temp_refs = [
+        _create_array(location, shape, dtype, chunks, kwargs, resume=resume)
+        for location, chunks, kwargs in _planned_arrays(job, dest, chains.fmt)
+    ]
+    assert target_ref.chunks == job.layout.stages[-1].write_chunks
+    source = job.array.ref
+    refs: list[Any] = [
+        replace(source, retry=chains.retry) if isinstance(source, ZarrRef) else source,
+        *(replace(ref, retry=chains.retry) for ref in (*temp_refs, target_ref)),
+    ]
     return StagedCopySpec(
         tuple(
-            CopySpec(refs[i], refs[i + 1], stage.task_chunks)
+            CopySpec(
+                refs[i],
+                refs[i + 1],
+                stage.task_chunks,
+                _journal(refs[i + 1], chains.run, token),
+            )
             for i, stage in enumerate(job.layout.stages)
         )
     )
 
 
+def _journal(written: ZarrRef, run: str, token: str) -> JournalRef | None:
+    """Where a stage writing ``written`` records its finished tasks; none in an
+    Icechunk session (its writes reach the session only once the run completes)."""
+    if written.location.icechunk is not None:
+        return None
+    return JournalRef(written.location.child(JOURNAL_KEY), run, token)
+
+
 def _create_metadata(
-    source: Source, jobs: Sequence[ArrayJob], dest: Destination, fmt: ZarrFormat
+    source: Source,
+    jobs: Sequence[ArrayJob],
+    dest: Destination,
+    chains: _Chains,
+    resumed: Sequence[bool],
 ) -> tuple[StagedCopySpec, ...]:
     """Create target groups and arrays, and the intermediates; return the specs."""
+    fmt = chains.fmt
     if source.is_group:
         _create_groups(source, dest.target, fmt)
-    specs = tuple(_create_chain(job, dest, fmt) for job in jobs)
+    specs = tuple(
+        _create_chain(job, dest, chains, resuming) for job, resuming in zip(jobs, resumed)
+    )
     store = dest.target.open_store()
     if source.is_group and store.supports_consolidated_metadata:  # Icechunk has no need
         with _quiet_about_claims():
             zarr.consolidate_metadata(store, path=dest.target.path, zarr_format=fmt)
+    if (session := dest.target.icechunk) is not None:
+        session.seal()  # what tasks in other processes start from: the metadata
     return specs
 
 
@@ -329,14 +577,14 @@ def _create_metadata(
 def _quiet_about_claims() -> Iterator[None]:
     """Silence two warnings zarr gives every group target, on purpose.
 
-    zarr warns about the claim file (not a zarr node) while it lists a group,
+    zarr warns about the claim and marker files (not zarr nodes) while it lists a group,
     and that consolidated metadata is not part of the Zarr format 3
     specification. We write consolidated metadata deliberately: xarray's
     ``open_zarr`` reads a group in one request with it, and warns without it.
     docs/sources.md says so once, instead of every run.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*\.rechunker-claim.*")
+        warnings.filterwarnings("ignore", message=r".*\.rechunker-(claim|incomplete).*")
         warnings.filterwarnings("ignore", message=r"Consolidated metadata is currently not part")
         yield
 
@@ -376,7 +624,15 @@ def _create_array(
     dtype: Any,
     chunks: tuple[int, ...],
     kwargs: dict[str, Any],
+    *,
+    resume: bool = False,
 ) -> ZarrRef:
+    """Create the array; when resuming, open the one already there (it must fit the plan)."""
+    if resume and _is_zarr_array(location):
+        _check_matches(location, shape, dtype, chunks, kwargs)
+        clear_cache(location)
+        existing = zarr.open_array(store=location.open_store(), path=location.path, mode="r+")
+        return ZarrRef.from_array(existing, location)
     array = zarr.create_array(
         store=location.open_store(),
         name=location.path or None,
@@ -388,6 +644,34 @@ def _create_array(
     # An array this process opened here before (an overwritten target) is stale.
     clear_cache(location)
     return ZarrRef.from_array(array, location)
+
+
+def _check_matches(
+    location: StoreLocation,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Raise ValueError unless the array at ``location`` is the one this plan would create."""
+    existing = zarr.open_array(
+        store=location.open_store(read_only=True), path=location.path, mode="r"
+    )
+    planned = zarr.create_array(
+        store=MemoryStore(),
+        name=location.path or None,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        **kwargs,
+    )
+    differences = metadata_differences(existing, planned)
+    if differences:
+        raise ValueError(
+            f"resume=True, but the array {location.describe()} the interrupted run left does "
+            f"not match this plan: {'; '.join(differences)}; resume with the same arguments, "
+            "or pass target_options={'overwrite': True}"
+        )
 
 
 def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat) -> None:

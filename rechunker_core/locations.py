@@ -377,12 +377,13 @@ class StoreLocation:
         if local is not None and local.is_dir() and not any(local.iterdir()):
             local.rmdir()
 
-    def delete_contents(self, keep: str = CLAIM_KEY) -> None:
-        """Delete everything stored here except the key ``keep`` (a claim)."""
+    def delete_contents(self, keep: str | tuple[str, ...] = CLAIM_KEY) -> None:
+        """Delete everything stored here except the key(s) ``keep`` (a claim)."""
+        kept = (keep,) if isinstance(keep, str) else keep
         local = self.local_path
         if local is not None:
             for entry in local.iterdir() if local.is_dir() else ():
-                if entry.name == keep:
+                if entry.name in kept:
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -394,7 +395,7 @@ class StoreLocation:
             sync(store.delete_dir(self.path))
             return
         for key in sync(_list(store, self.path)):
-            if key != keep:
+            if key not in kept:
                 full = f"{self.path}/{key}" if self.path else key
                 sync(store.delete(full))
 
@@ -542,9 +543,13 @@ class Claim:
     def _key(self) -> str:
         return f"{self.location.path}/{CLAIM_KEY}" if self.location.path else CLAIM_KEY
 
-    def release(self) -> None:
-        """Remove the claim if it is still this run's; otherwise leave it."""
-        holder = _read_claim(self.location)
+    def release(self, *, strict: bool = False) -> None:
+        """Remove the claim if it is still this run's; otherwise leave it.
+
+        With ``strict``, a store error reading the claim is raised (for the
+        caller to retry) rather than taken for someone else's claim.
+        """
+        holder = _read_claim(self.location, strict=strict)
         if holder is not None and holder.get("token") == self.token:
             local = self.location.local_path
             if local is not None:
@@ -576,7 +581,7 @@ def _holder(pid: int | None) -> dict[str, Any]:
     }
 
 
-def _read_claim(location: StoreLocation) -> dict[str, Any] | None:
+def _read_claim(location: StoreLocation, *, strict: bool = False) -> dict[str, Any] | None:
     local = location.local_path
     try:
         if local is not None:
@@ -590,8 +595,12 @@ def _read_claim(location: StoreLocation) -> dict[str, Any] | None:
         value = json.loads(text)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}  # unreadable or half-written: stale unless young (see _is_stale)
+    except OSError:
+        if strict:
+            raise
+        return {}  # unreadable: stale unless young (see _is_stale)
+    except ValueError:
+        return {}  # half-written: stale unless young
     return value if isinstance(value, dict) else {}
 
 

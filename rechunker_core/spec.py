@@ -18,6 +18,7 @@ import numpy as np
 
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region, region_slices
+from rechunker_core.journal import JournalRef
 from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.storage import ZarrRef
 
@@ -61,11 +62,15 @@ class CopySpec:
     source : ArrayRef
     target : ZarrRef
     task_chunks : tuple of int
+    journal : JournalRef, optional
+        Where finished tasks are recorded, so a resumed run skips them
+        (:mod:`rechunker_core.journal`); ``None`` records nothing.
     """
 
     source: ArrayRef
     target: ZarrRef
     task_chunks: tuple[int, ...]
+    journal: JournalRef | None = None
 
     def __post_init__(self) -> None:
         source, target, tasks = self.source, self.target, self.task_chunks
@@ -126,15 +131,18 @@ class CopySpec:
             "source": self.source.to_dict(),
             "target": self.target.to_dict(),
             "task_chunks": list(self.task_chunks),
+            "journal": None if self.journal is None else self.journal.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CopySpec:
         """Inverse of :meth:`to_dict`."""
+        journal = data.get("journal")
         return cls(
             ZarrRef.from_dict(data["source"]),
             ZarrRef.from_dict(data["target"]),
             tuple(data["task_chunks"]),
+            None if journal is None else JournalRef.from_dict(journal),
         )
 
 
@@ -154,12 +162,17 @@ class StagedCopySpec:
         removed after the cleanup if nothing else is in them.
     claims : tuple of Claim
         The run's claims on its target and intermediates, released last.
+    incomplete : tuple of StoreLocation
+        Targets holding the marker that says they are incomplete
+        (:data:`~rechunker_core.journal.INCOMPLETE_KEY`), removed once every
+        stage is done.
     """
 
     stages: tuple[CopySpec, ...]
     cleanup: tuple[StoreLocation, ...] = ()
     remove_empty: tuple[StoreLocation, ...] = ()
     claims: tuple[Claim, ...] = ()
+    incomplete: tuple[StoreLocation, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -204,6 +217,7 @@ class StagedCopySpec:
             "cleanup": [location_to_dict(loc) for loc in self.cleanup],
             "remove_empty": [location_to_dict(loc) for loc in self.remove_empty],
             "claims": [{**location_to_dict(c.location), "token": c.token} for c in self.claims],
+            "incomplete": [location_to_dict(loc) for loc in self.incomplete],
         }
 
     @classmethod
@@ -214,6 +228,7 @@ class StagedCopySpec:
             tuple(location_from_dict(d) for d in data["cleanup"]),
             tuple(location_from_dict(d) for d in data.get("remove_empty", ())),
             tuple(Claim(location_from_dict(d), d["token"]) for d in data.get("claims", ())),
+            tuple(location_from_dict(d) for d in data.get("incomplete", ())),
         )
 
     def to_json(self) -> str:

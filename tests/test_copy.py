@@ -28,6 +28,7 @@ def stage(name: int, tasks: int, side: int = 10) -> Any:
         num_tasks=tasks,
         task_chunks=(side, side),
         source=SimpleNamespace(dtype=np.dtype("f8")),
+        journal=None,  # keeps no journal: nothing is done yet
     )
 
 

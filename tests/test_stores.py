@@ -3,9 +3,8 @@ storage_options, zarr Stores, zarr Groups, and S3 (a local moto server)."""
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,37 +88,8 @@ def test_a_path_without_zarr_data_is_refused(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------
-# S3: a moto server on 127.0.0.1; nothing leaves the machine.
+# S3: a moto server on 127.0.0.1 (the ``s3`` fixture, tests/conftest.py).
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, Any]]:
-    """storage_options for a bucket ``rechunk`` on a fresh local moto server."""
-    pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="rechunk")
-        yield {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("executor", ["threads", "dask"])

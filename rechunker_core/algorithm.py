@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise, product
+from typing import Any
 
 import rechunker_core.compat as compat
 from rechunker_core.compat import (
@@ -63,34 +64,16 @@ MAX_STAGES: int = compat.MAX_STAGES
 _Plan = tuple[Shape, Shape, Shape]
 
 
-def multistage_rechunking_plan(
-    shape: Sequence[int],
-    source_chunks: Sequence[int],
-    target_chunks: Sequence[int],
-    itemsize: int,
-    min_mem: int,
-    max_mem: int,
-    consolidate_reads: bool = True,
-    consolidate_writes: bool = True,
-) -> list[_Plan]:
-    """rechunker's multi-stage planner, within this module's :data:`MAX_STAGES`.
+def multistage_rechunking_plan(*args: Any, **kwargs: Any) -> list[_Plan]:
+    """rechunker's multi-stage planner, within this module's :data:`MAX_STAGES`
+    (read at each call: rechunker's users patch it).
 
-    See :func:`rechunker_core.compat.multistage_rechunking_plan`.
+    Takes the parameters of :func:`rechunker_core.compat.multistage_rechunking_plan`.
 
     >>> multistage_rechunking_plan((100, 100), (100, 1), (1, 100), 1, 10, 100)
     [((100, 1), (10, 1), (10, 10)), ((10, 10), (1, 10), (1, 100))]
     """
-    return compat.multistage_rechunking_plan(
-        shape,
-        source_chunks,
-        target_chunks,
-        itemsize,
-        min_mem,
-        max_mem,
-        consolidate_reads,
-        consolidate_writes,
-        max_stages=MAX_STAGES,
-    )
+    return compat.multistage_rechunking_plan(*args, max_stages=MAX_STAGES, **kwargs)
 
 
 def rechunking_plan(

@@ -158,30 +158,30 @@ class Blocks:
             return None
         return _at(_at(self.data, index), local)
 
+    def _overlaps(self, box: Box) -> Iterator[tuple[tuple[int, ...], list[slice], list[slice]]]:
+        """For each block ``box`` touches: its index, the part inside the block, and
+        the same part relative to ``box``."""
+        ranges = [range(s.start // c, ceil_div(s.stop, c)) for s, c in zip(box, self.chunks)]
+        for index in product(*ranges):
+            in_block, in_box = [], []
+            for i, s, c in zip(index, box, self.chunks, strict=True):
+                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
+                in_block.append(slice(lo - i * c, hi - i * c))
+                in_box.append(slice(lo - s.start, hi - s.start))
+            yield index, in_block, in_box
+
     def assign(self, box: Box, values: Any) -> None:
         """``region[box] = values``: an array shaped like ``box``, or a scalar."""
         scalar = np.ndim(values) == 0
-        ranges = [range(s.start // c, ceil_div(s.stop, c)) for s, c in zip(box, self.chunks)]
-        for index in product(*ranges):
-            dst, src = [], []
-            for i, s, c in zip(index, box, self.chunks, strict=True):
-                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                dst.append(slice(lo - i * c, hi - i * c))
-                src.append(slice(lo - s.start, hi - s.start))
-            target = _at(_at(self.data, index), dst)
+        for index, in_block, in_box in self._overlaps(box):
+            target = _at(_at(self.data, index), in_block)
             if scalar:
                 target[...] = values
             else:
-                copy_box(target, _at(values, src))
+                copy_box(target, _at(values, in_box))
 
     def gather(self, box: Box, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """``out[...] = region[box]`` (the inverse of :meth:`assign`)."""
-        ranges = [range(s.start // c, ceil_div(s.stop, c)) for s, c in zip(box, self.chunks)]
-        for index in product(*ranges):
-            src, dst = [], []
-            for i, s, c in zip(index, box, self.chunks, strict=True):
-                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                src.append(slice(lo - i * c, hi - i * c))
-                dst.append(slice(lo - s.start, hi - s.start))
-            copy_box(_at(out, dst), _at(_at(self.data, index), src))
+        for index, in_block, in_box in self._overlaps(box):
+            copy_box(_at(out, in_box), _at(_at(self.data, index), in_block))
         return out

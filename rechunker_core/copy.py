@@ -48,7 +48,6 @@ from rechunker_core.journal import (
     TaskSet,
     discard,
     finished,
-    followed,
     recorder,
     remove_marker,
 )
@@ -149,15 +148,20 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
 
     ``recheck`` is for engines that may run a batch again (dask after a
     worker died, Prefect and Beam retries): tasks the journal already
-    records, as this process last read it (:func:`~rechunker_core.journal.followed`),
-    are skipped.
+    records, as this process last read it
+    (:func:`~rechunker_core.journal.finished` with ``follow=True``), are skipped.
     """
     stage = batch.stage
     journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
     todo = [batch.tasks]
     if recheck and stage.journal is not None:
-        done = followed(
-            stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
+        done = finished(
+            stage.journal,
+            stage.shape,
+            stage.task_chunks,
+            stage.num_tasks,
+            stage.target.retry,
+            follow=True,
         )
         todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
     target = stage.target.location

@@ -61,7 +61,6 @@ __all__ = [
     "TaskSet",
     "discard",
     "finished",
-    "followed",
     "read_marker",
     "record_all",
     "recorder",
@@ -254,14 +253,24 @@ def finished(
     task_chunks: tuple[int, ...],
     num_tasks: int,
     policy: RetryPolicy | None = None,
+    *,
+    follow: bool = False,
 ) -> TaskSet:
     """The tasks of a stage recorded as done, by any process of any run.
 
     ``ref`` is ``None`` for a stage that keeps no journal: nothing is done.
+
+    ``follow``: as this process last read the journal, for engines that may
+    run a batch again (after a worker died, or as a retry): they skip what
+    another process finished. At most :data:`FOLLOW_SECONDS` old, so a task
+    finished since may be done twice; reading costs only what was recorded
+    since the last look.
     """
     if ref is None:
         return _NOTHING
     fp = grid_fingerprint(shape, task_chunks, ref.job)
+    if follow:
+        return _followed(ref, fp, num_tasks, policy)
     found = retrying(
         lambda: _read_all(ref.location), f"reading the journal {ref.location.describe()}", policy
     )
@@ -301,12 +310,12 @@ def _read_all(location: StoreLocation) -> list[bytes]:
     return sync(read())
 
 
-#: A process reads a stage's journal again for :func:`followed` at most this often.
+#: A process reads a stage's journal again for ``finished(follow=True)`` at most this often.
 FOLLOW_SECONDS = 1.0
 
 
 class _Follower:
-    """One process's view of a stage's journal, read incrementally (see :func:`followed`).
+    """One process's view of a stage's journal, read incrementally (``finished(follow=True)``).
 
     Local files are appended to, so only their new whole records are read. Of
     an object-store journal, objects a writer has rolled past never change
@@ -398,23 +407,8 @@ async def _get_all(store: Any, keys: list[str]) -> list[bytes]:
 _followers: OrderedDict[tuple[Any, ...], _Follower] = OrderedDict()
 
 
-def followed(
-    ref: JournalRef | None,
-    shape: tuple[int, ...],
-    task_chunks: tuple[int, ...],
-    num_tasks: int,
-    policy: RetryPolicy | None = None,
-) -> TaskSet:
-    """The tasks of a stage recorded as done, as this process last read the journal.
-
-    For engines that may run a batch again (after a worker died, or as a
-    retry): they skip what another process finished. At most
-    :data:`FOLLOW_SECONDS` old, so a task finished since may be done twice;
-    reading costs only what was recorded since the last look.
-    """
-    if ref is None:
-        return _NOTHING
-    fp = grid_fingerprint(shape, task_chunks, ref.job)
+def _followed(ref: JournalRef, fp: bytes, num_tasks: int, policy: RetryPolicy | None) -> TaskSet:
+    """:func:`finished` ``(follow=True)``: this process's incrementally read view."""
     key = (os.getpid(), *ref.location.key, fp)
     with _writers_lock:
         follower = _followers.get(key)

@@ -52,8 +52,7 @@ EXECUTORS = [
         "dask-distributed",
         "prefect",
         "beam-threads",
-        "beam-processes",
-        "parts",
+        "parts",  # other processes: dask-distributed and parts (beam-processes adds no path)
     )
 ]
 

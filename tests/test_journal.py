@@ -22,7 +22,6 @@ from rechunker_core.journal import (
     TaskSet,
     discard,
     finished,
-    followed,
     record_all,
     recorder,
 )
@@ -144,18 +143,18 @@ def test_a_follower_sees_what_other_writers_recorded_since(
     ref = journal_at(kind, tmp_path)
     grid = ((100, 1), (1, 1))
     mine, theirs = recorder(ref, *grid), recorder(JournalRef(ref.location, "other run"), *grid)
-    assert followed(ref, *grid, 100).ranges == []
+    assert finished(ref, *grid, 100, follow=True).ranges == []
     for task in (0, 1, 5):
         theirs.add(task)
     theirs.commit()
-    assert followed(ref, *grid, 100).ranges == [(0, 2), (5, 6)]
+    assert finished(ref, *grid, 100, follow=True).ranges == [(0, 2), (5, 6)]
     for task in (2, 7, 9):  # an object journal rolls over: what it rolled past is read once
         theirs.add(task)
         theirs.commit()
     mine.add(3)
     mine.commit()
-    assert followed(ref, *grid, 100).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
-    assert followed(ref, *grid, 100).ranges == finished(ref, *grid, 100).ranges
+    assert finished(ref, *grid, 100, follow=True).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
+    assert finished(ref, *grid, 100, follow=True).ranges == finished(ref, *grid, 100).ranges
 
 
 def test_records_of_another_job_in_the_same_place_never_count(tmp_path: Path) -> None:
@@ -163,8 +162,8 @@ def test_records_of_another_job_in_the_same_place_never_count(tmp_path: Path) ->
     journal = recorder(first, *GRID)
     for task in range(10):
         journal.add(task)
-    assert finished(first, *GRID, 10).count == followed(first, *GRID, 10).count == 10
+    assert finished(first, *GRID, 10).count == finished(first, *GRID, 10, follow=True).count == 10
     # The place is replaced by a new job (overwrite): its journal, and what a
     # process remembers of the old one, are the new job's only.
     second = JournalRef(first.location, "run 2", job="another job")
-    assert finished(second, *GRID, 10).count == followed(second, *GRID, 10).count == 0
+    assert finished(second, *GRID, 10).count == finished(second, *GRID, 10, follow=True).count == 0

@@ -1,4 +1,4 @@
-"""Memory: a 100 MB rechunk with max_mem=8MB stays within what the plan promises.
+"""Memory: a 400 MB rechunk with max_mem=32MB stays within what the plan promises.
 
 tracemalloc counts numpy's buffers (and encoded chunks, which are Python
 bytes), so its peak is what the run allocated in this process. The measured
@@ -23,16 +23,16 @@ from rechunker_core import rechunk
 from rechunker_core.executors.python import PythonExecutor
 from rechunker_core.executors.threads import ThreadsExecutor
 
-MAX_MEM = 8_000_000
-SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (2500, 5000), (2500, 20), (20, 5000)
+MAX_MEM = 32_000_000
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (5000, 10_000), (5000, 20), (20, 10_000)
 
 
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory: pytest.TempPathFactory) -> zarr.Array:
-    """100 MB of float64 on disk, one column of chunks per (2500, 20) block."""
+    """400 MB of float64 on disk, one column of chunks per (5000, 20) block."""
     path = tmp_path_factory.mktemp("memory") / "source.zarr"
     array = zarr.create_array(str(path), shape=SHAPE, chunks=SOURCE_CHUNKS, dtype="f8")
-    assert array.nbytes == 100_000_000
+    assert array.nbytes == 400_000_000
     step = 1000
     for start in range(0, SHAPE[1], step):
         block = np.arange(SHAPE[0] * step, dtype="f8").reshape(SHAPE[0], step)

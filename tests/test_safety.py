@@ -8,7 +8,9 @@ to the source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import multiprocessing
 import os
 import random
@@ -60,6 +62,18 @@ def ws(tmp_path: Path) -> Path:
     (tmp_path / "scratch").mkdir()
     (tmp_path / "scratch" / "thesis.tex").write_text(r"\documentclass{article}")
     return tmp_path
+
+
+def cli_here(*args: Any, cwd: Path) -> tuple[int, str]:
+    """Run the command line in this process, in ``cwd``; return its status and stderr."""
+    err, before = io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = main([str(arg) for arg in args])
+    finally:
+        os.chdir(before)
+    return status, err.getvalue()
 
 
 @pytest.fixture
@@ -266,15 +280,15 @@ def test_two_runs_into_one_target(ws: Path) -> None:
 
 
 def test_empty_target_is_refused(ws: Path, unchanged: None) -> None:
-    done = run_cli("run", "src.zarr", "", "--target-chunks", "1,36", "--max-mem", "1MB",
-                   "--overwrite", cwd=ws)  # fmt: skip
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "TARGET is an empty path" in done.stderr
+    status, err = cli_here("run", "src.zarr", "", "--target-chunks", "1,36", "--max-mem", "1MB",
+                           "--overwrite", cwd=ws)  # fmt: skip
+    assert status == 2
+    assert err.count("\n") == 1 and "TARGET is an empty path" in err
     for place in (".", str(ws), "/"):
-        done = run_cli("run", "src.zarr", place, "--target-chunks", "1,36", "--max-mem", "1MB",
-                       "--overwrite", cwd=ws)  # fmt: skip
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.count("\n") == 1
+        status, err = cli_here("run", "src.zarr", place, "--target-chunks", "1,36",
+                               "--max-mem", "1MB", "--overwrite", cwd=ws)  # fmt: skip
+        assert status == 2, err
+        assert err.count("\n") == 1
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
@@ -298,11 +312,12 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
 
 
 def test_parts_run_in_order_and_in_full(ws: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In this process, a command at a time (tests/executors/test_parts.py runs real processes)."""
     plan = ws / "plan.json"
-    done = run_cli("plan", "src.zarr", "--target-chunks", "1,36", "--max-mem", TWO_STAGES,
-                   "--target", "t.zarr", "--temp", "tmp.zarr", "--save", plan, "--parts", 2,
-                   cwd=ws)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    status, err = cli_here("plan", "src.zarr", "--target-chunks", "1,36", "--max-mem", TWO_STAGES,
+                           "--target", "t.zarr", "--temp", "tmp.zarr", "--save", plan, "--parts", 2,
+                           cwd=ws)  # fmt: skip
+    assert status == 0, err
     # Run from elsewhere, next to another array called src.zarr full of 42s.
     other = tmp_path_factory.mktemp("elsewhere")
     create_array(other / "src.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4", data=np.full(SHAPE, 42))
@@ -311,16 +326,17 @@ def test_parts_run_in_order_and_in_full(ws: Path, tmp_path_factory: pytest.TempP
         (("finish", plan), "have not finished"),
         (("run-part", plan, "--stage", 0, "--part", 0, "--of", 3), "saved for 2 parts"),
     ]:
-        done = run_cli(*args, cwd=other)
-        assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert run_cli("run-part", plan, "--stage", 0, "--part", 0, cwd=other).returncode == 0
-    done = run_cli("run-part", plan, "--stage", 1, "--part", 0, cwd=other)
-    assert done.returncode == 2 and "parts [1] of stage 0" in done.stderr
+        status, err = cli_here(*args, cwd=other)
+        assert status == 2 and message in err, err
+    assert cli_here("run-part", plan, "--stage", 0, "--part", 0, "--quiet", cwd=other)[0] == 0
+    status, err = cli_here("run-part", plan, "--stage", 1, "--part", 0, cwd=other)
+    assert status == 2 and "parts [1] of stage 0" in err, err
     for stage in (0, 1):
         for part in (0, 1) if stage else (1,):
-            done = run_cli("run-part", plan, "--stage", stage, "--part", part, cwd=other)
-            assert done.returncode == 0, done.stderr
-    assert run_cli("finish", plan, cwd=other).returncode == 0
+            status, err = cli_here("run-part", plan, "--stage", stage, "--part", part, "--quiet",
+                                   cwd=other)  # fmt: skip
+            assert status == 0, err
+    assert cli_here("finish", plan, cwd=other)[0] == 0
     npt.assert_array_equal(zarr.open_array(ws / "t.zarr", mode="r")[...], expected())
     assert not (ws / "tmp.zarr").exists() and not (ws / "t.zarr" / CLAIM_KEY).exists()
 
@@ -415,10 +431,11 @@ def test_cli_speaks_cli(ws: Path) -> None:
     for extra, message in [(("--max-mem", "1MB"), "already holds data; pass --overwrite"),
                            (("--max-mem", TWO_STAGES, "--temp", "notes.txt", "--overwrite"),
                             "is a file")]:  # fmt: skip
-        done = run_cli("run", "src.zarr", "t.zarr", "--target-chunks", "1,36", *extra, cwd=ws)
-        assert done.returncode == 2
-        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
-        assert "target_options" not in done.stderr
+        status, err = cli_here("run", "src.zarr", "t.zarr", "--target-chunks", "1,36", *extra,
+                               cwd=ws)  # fmt: skip
+        assert status == 2
+        assert err.count("\n") == 1 and message in err, err
+        assert "target_options" not in err
     assert tree(ws) == before
 
 

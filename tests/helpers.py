@@ -364,6 +364,17 @@ _ACROSS_PROCESSES = frozenset(
     {"test_nested_group[3]", "test_sharded_target", "test_refuses_in_memory_stores"}
 )
 
+#: The cases for engines that pay seconds per run (a Beam pipeline, a Prefect
+#: flow): each path of their translation once, not every format and spelling
+#: (the in-process modes run those).
+_ENGINE_CASES = _ACROSS_PROCESSES | {
+    "test_single_stage[2]",
+    "test_multi_stage_deletes_intermediates[3]",
+    "test_keep_temp_keeps_intermediates",
+    "test_sharded_source",
+    "test_reports_progress",
+}
+
 MODES += [
     Mode("dask-sync", _dask(scheduler="sync")),
     Mode("dask-threads", _dask(scheduler="threads", num_workers=2)),
@@ -379,17 +390,17 @@ MODES += [
         in_process=False,
         cases=_ACROSS_PROCESSES | {"test_keep_temp_keeps_intermediates"},
     ),
-    Mode("prefect", _prefect),
+    Mode("prefect", _prefect, cases=_ENGINE_CASES),
     # Beam runs unpickled copies of the plan even in one process, so a
     # MemoryStore's writes would be lost: it refuses them in every mode.
-    Mode("beam-threads", _beam("multi_threading"), in_process=False),
+    Mode("beam-threads", _beam("multi_threading"), in_process=False, cases=_ENGINE_CASES),
     # The same pipeline as beam-threads; only its workers are processes (and
     # start in seconds: shards from several processes are dask's and parts').
     Mode(
         "beam-processes",
         _beam("multi_processing"),
         in_process=False,
-        cases=frozenset({"test_nested_group[3]", "test_refuses_in_memory_stores"}),
+        cases=frozenset({"test_single_stage[3]", "test_refuses_in_memory_stores"}),
     ),
     # Every case runs from a JSON plan: each kind of spec (formats, groups,
     # shards, kept intermediates) must survive the round trip.
@@ -397,6 +408,6 @@ MODES += [
         "parts",
         _parts,
         in_process=False,
-        cases=_ACROSS_PROCESSES | {"test_single_stage[2]", "test_keep_temp_keeps_intermediates"},
+        cases=_ACROSS_PROCESSES,
     ),
 ]

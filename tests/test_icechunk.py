@@ -52,7 +52,8 @@ EXECUTORS = [
         "dask-distributed",
         "prefect",
         "beam-threads",
-        "parts",  # other processes: dask-distributed and parts (beam-processes adds no path)
+        # Other processes: dask-distributed here; the parts workflow in
+        # test_a_saved_plan_is_finished_only_by_the_process_that_made_it.
     )
 ]
 

@@ -56,7 +56,7 @@ def least_max_mem(source: zarr.Array, target_chunks: Shape) -> int:
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     geometry=geometries(),
     dtype=st.sampled_from(["i1", "u2", "i4", "f4", "f8"]),

@@ -234,7 +234,7 @@ def _race_worker(jobs: Any, results: Any) -> None:
 
 
 #: Pairs of runs started at once, each pair into a new target.
-RACES = 24
+RACES = 16
 
 
 def test_two_runs_into_one_target(ws: Path) -> None:

@@ -72,10 +72,10 @@ def test_dask_worker_killed_mid_stage(
     flag, log = tmp_path / "stalled-worker", tmp_path / "writes"
     # A worker's chunk write of stage 0 just after 8 of its tasks stalls it (24 writes each
     # through a wrapped store: the plan differs from LOCAL's; first_stage_writes checks it).
-    # Writes take 150 ms, 10 at a time: a task about 0.4 s, so the 8 tasks take well over
+    # Writes take 100 ms, 10 at a time: a task about 0.25 s, so the 8 tasks take well over
     # journal.FOLLOW_SECONDS (how late other workers may see a finished task).
     after = 8 * 24 + 3
-    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), True, after, str(log), 0.15)
+    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), True, after, str(log), 0.1)
     rechunked = rechunk(
         source,
         TARGET_CHUNKS,

@@ -36,7 +36,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
         "plan", tmp_path / "source.zarr",
         "--target-chunks", "1,37", "--max-mem", "2500",
         "--target", tmp_path / "target.zarr", "--temp", tmp_path / "temp.zarr",
-        "--save", plan, "--parts", 3,
+        "--save", plan, "--parts", 2,
     )  # fmt: skip
     (spec,) = load_plan(plan).specs
     stages = len(spec.stages)
@@ -46,7 +46,7 @@ def test_array_job(tmp_path: Path, make_array: ArrayFactory) -> None:
     assert target.chunks == (1, 37)
     assert not np.any(target[...] == source[...])  # created, not yet written
 
-    run_stages(plan, stages, parts=3)
+    run_stages(plan, stages, parts=2)
     run_cli_ok("finish", plan)
     assert_same_array(zarr.open_array(tmp_path / "target.zarr", mode="r"), source)
     assert not (tmp_path / "temp.zarr").exists()

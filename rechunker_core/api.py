@@ -18,7 +18,13 @@ import zarr
 
 from rechunker_core.algorithm import format_bytes
 from rechunker_core.copy import Tracker, complete, count_done
-from rechunker_core.create import check_places, check_resume, create_specs, rehearse
+from rechunker_core.create import (
+    check_places,
+    check_resume,
+    create_specs,
+    prepared_earlier,
+    rehearse,
+)
 from rechunker_core.display import (
     describe_jobs,
     html_table,
@@ -264,6 +270,7 @@ def _prepare(
     retry: RetryPolicy,
 ) -> Rechunked:
     """Every check that needs the plan, in order; then create what the run writes into."""
+    resume = resume or prepared_earlier(found, jobs, dest)
     check_places(found, jobs, dest, resume=resume)
     if not chosen.shares_memory:
         refuse_in_memory(

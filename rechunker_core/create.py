@@ -28,8 +28,16 @@ from zarr.storage import MemoryStore
 
 from rechunker_core.executors import Executor
 from rechunker_core.jobs import ArrayJob, overwrites
-from rechunker_core.journal import JOURNAL_KEY, JournalRef, read_marker, remove_marker, write_marker
+from rechunker_core.journal import (
+    INCOMPLETE_KEY,
+    JOURNAL_KEY,
+    JournalRef,
+    read_marker,
+    remove_marker,
+    write_marker,
+)
 from rechunker_core.locations import (
+    CLAIM_KEY,
     Claim,
     StoreLocation,
     check_writable_place,
@@ -51,7 +59,7 @@ from rechunker_core.spec import CopySpec, StagedCopySpec
 from rechunker_core.storage import ZarrRef, clear_cache
 from rechunker_core.zarr_internals import sync
 
-__all__ = ["check_places", "check_resume", "create_specs", "rehearse"]
+__all__ = ["check_places", "check_resume", "create_specs", "prepared_earlier", "rehearse"]
 
 T = TypeVar("T")
 
@@ -192,6 +200,40 @@ def check_resume(
                     )
 
 
+#: The keys of zarr group metadata, in either format.
+_GROUP_KEYS = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+
+
+#: What a rechunk() that was never executed leaves in a place: metadata, claim, marker.
+_UNSTARTED_KEYS = frozenset({*_GROUP_KEYS, ".zarray", CLAIM_KEY, INCOMPLETE_KEY})
+
+
+def prepared_earlier(source: Source, jobs: Sequence[ArrayJob], dest: Destination) -> bool:
+    """Whether an identical ``rechunk()`` created every place of this run, and none ran.
+
+    A notebook cell run twice calls ``rechunk()`` again before the first plan
+    was executed: its target holds the marker of this same job and nothing
+    but zarr metadata, and so do its intermediates. Such places are taken over
+    as a resume with nothing done yet. A run still holding them (another live
+    process) is refused by its claim, as always.
+    """
+    if overwrites(jobs, "target"):
+        return False
+    places = _targets(jobs, dest)
+    marked = [place for place in places if read_marker(place) is not None]
+    if not marked:
+        return False
+    plan = fingerprint(source, jobs)
+    try:
+        for place in marked:
+            check_marker(place, plan, dest)
+    except ValueError:
+        return False
+    return all(
+        place.holds_only(_UNSTARTED_KEYS) for place in [*places, *_intermediates(jobs, dest)]
+    )
+
+
 def _holds_data(location: StoreLocation) -> bool:
     return location.exists() and not location.holds_only_claims()
 
@@ -266,10 +308,6 @@ class _Ledger:
             claim.release()
         for location in self.new_dirs:
             location.remove_if_empty()
-
-
-#: The keys of zarr group metadata, in either format.
-_GROUP_KEYS = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 
 
 def _group_keys(location: StoreLocation) -> set[str]:

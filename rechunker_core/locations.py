@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +356,19 @@ class StoreLocation:
             )
         keys = sync(_list(self.open_store(read_only=True), self.path))
         return all(key == CLAIM_KEY for key in keys)
+
+    def holds_only(self, names: Collection[str]) -> bool:
+        """Whether every object stored here, at any depth, has one of these ``names``.
+
+        Stops at the first other object, so a full array answers quickly.
+        """
+        local = self.local_path
+        if local is not None:
+            if local.is_file():
+                return False
+            return all(p.name in names for p in local.rglob("*") if not p.is_dir())
+        keys = sync(_list(self.open_store(read_only=True), self.path))
+        return all(key.rsplit("/", 1)[-1] in names for key in keys)
 
     def delete(self) -> None:
         """Delete everything stored at this location, and its directory if local."""

@@ -413,6 +413,46 @@ def test_failure_after_creating_removes_what_was_created(ws: Path) -> None:
     npt.assert_array_equal(target[...], expected())
 
 
+@pytest.mark.parametrize("temp", ["scratch", "given"])
+def test_notebook_cell_run_twice(ws: Path, temp: str) -> None:
+    """A second identical rechunk() before any execute takes over what the first made."""
+    options = {"temp_store": str(ws / "tmp.zarr")} if temp == "given" else {}
+    first = rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"), **options)
+    again = rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"), **options)
+    assert len(first.spec[0].stages) == len(again.spec[0].stages) == 2
+    npt.assert_array_equal(again.execute(progress=False)[...], expected())
+    assert sorted(p.name for p in ws.iterdir()) == ["notes.txt", "scratch", "src.zarr", "t.zarr"]
+
+
+def test_notebook_cell_run_twice_with_a_group(tmp_path: Path, make_group: Any) -> None:
+    source = make_group(tmp_path / "src.zarr")
+    chunks = {"temp": (1, 45), "sub/mask": (9, 1, 1), "sub/deeper/counts": (33,)}
+    for _ in range(2):
+        result = rechunk(source, chunks, 2500, str(tmp_path / "out.zarr"))
+    result.execute(progress=False)
+    out = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    for name in ("temp", "sub/mask", "sub/deeper/counts"):
+        npt.assert_array_equal(out[name][...], source[name][...])
+
+
+def test_rechunk_again_after_a_chunk_was_written_is_refused(ws: Path) -> None:
+    first = rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"))
+    zarr.open_array(ws / "t.zarr", mode="r+")[0] = expected()[0]  # as if a task had run
+    before = tree(ws)
+    with pytest.raises(ValueError, match="left incomplete .* pass resume=True"):
+        rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"))
+    assert tree(ws) == before
+    npt.assert_array_equal(first.execute(progress=False)[...], expected())
+
+
+def test_rechunk_again_with_another_plan_is_refused(ws: Path) -> None:
+    rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"))
+    before = tree(ws)
+    with pytest.raises(ValueError, match="already holds data"):
+        rechunk(str(ws / "src.zarr"), (2, 36), TWO_STAGES, str(ws / "t.zarr"))
+    assert tree(ws) == before
+
+
 def test_second_execute_is_refused(ws: Path) -> None:
     result = rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"),
                      temp_store=str(ws / "tmp.zarr"))  # fmt: skip

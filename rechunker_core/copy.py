@@ -152,17 +152,10 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     (:func:`~rechunker_core.journal.finished` with ``follow=True``), are skipped.
     """
     stage = batch.stage
-    journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
+    journal = recorder(stage.journal, stage.grid, stage.target.retry)
     todo = [batch.tasks]
     if recheck and stage.journal is not None:
-        done = finished(
-            stage.journal,
-            stage.shape,
-            stage.task_chunks,
-            stage.num_tasks,
-            stage.target.retry,
-            follow=True,
-        )
+        done = finished(stage.journal, stage.grid, stage.target.retry, follow=True)
         todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
     target = stage.target.location
     with batch_writes(target.store, target.path, batch.tasks):
@@ -178,9 +171,7 @@ def _finished(stage: CopySpec) -> TaskSet:
     """The tasks of ``stage`` its journal records as done."""
     if stage.journal is None:
         return TaskSet.union([])
-    return finished(
-        stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
-    )
+    return finished(stage.journal, stage.grid, stage.target.retry)
 
 
 def _split(stage: CopySpec, size: int, done: TaskSet) -> Iterator[Batch]:

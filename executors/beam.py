@@ -19,17 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from rechunker_core.copy import (
-    Batch,
-    Round,
-    Tracker,
-    finish,
-    listening,
-    new_token,
-    report,
-    rounds,
-    run_batch,
-)
+from rechunker_core.copy import Batch, Feed, Round, Tracker, finish, rounds, run_batch
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -72,7 +62,7 @@ class BeamExecutor:
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a ``Rechunk`` transform (a ``beam.PTransform``) for ``specs``."""
         import_engine("apache_beam", "beam")
-        return _rechunk_class()(tuple(specs), new_token())
+        return _rechunk_class()(tuple(specs), Feed())
 
     def execute_plan(
         self,
@@ -102,8 +92,8 @@ class BeamExecutor:
             options=_pipeline_options(options if options is not None else self.options),
         )
         # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
-        _ = pipeline | _rechunk_class()(plan.specs, plan.token)
-        with listening(progress, plan.token):
+        _ = pipeline | _rechunk_class()(plan.specs, plan.feed)
+        with plan.feed.listening(progress):
             state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the rechunk pipeline ended in state {state}")
@@ -131,10 +121,10 @@ def _rechunk_class() -> type:
         PCollection holding one ``None`` once everything is done.
         """
 
-        def __init__(self, specs: tuple[StagedCopySpec, ...], token: str | None = None) -> None:
+        def __init__(self, specs: tuple[StagedCopySpec, ...], feed: Feed | None = None) -> None:
             super().__init__(label="Rechunk")
             self.specs = specs
-            self.token = token  # names the run's progress reports
+            self.feed = Feed(None) if feed is None else feed  # where the copies report
 
         def expand(self, pbegin: Any) -> Any:
             seed = pbegin | "Seed" >> beam.Create([None])
@@ -145,7 +135,7 @@ def _rechunk_class() -> type:
                     seed
                     | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
                     | f"Stage {k}: spread" >> beam.Reshuffle()
-                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_, self.token)
+                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_, self.feed)
                     | f"Stage {k}: barrier" >> beam.CombineGlobally(sum)
                 )
                 barrier = [AsSingleton(done)]
@@ -173,10 +163,10 @@ def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[i
         yield round_.stages.index(batch.stage), batch.tasks.start, batch.tasks.stop
 
 
-def _copy_batch(element: tuple[int, int, int], round_: Round, token: str | None = None) -> int:
+def _copy_batch(element: tuple[int, int, int], round_: Round, feed: Feed) -> int:
     index, start, stop = element
     copied = run_batch(Batch(round_.stages[index], range(start, stop)), recheck=True)
-    report(token, round_.number, copied)
+    feed.report(round_.number, copied)
     return copied
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rechunker_core.copy import (
     Batch,
+    Feed,
     Progress,
     ProgressListener,
     Round,
@@ -38,9 +39,6 @@ from rechunker_core.copy import (
     Tracker,
     check_driver,
     finish,
-    listening,
-    new_token,
-    report,
     rounds,
     run_batch,
 )
@@ -60,8 +58,8 @@ __all__ = [
 #: Names the JSON format of saved plans, so other JSON is recognised as not a plan.
 PLAN_FORMAT = "rechunker-core plan, version 1"
 
-#: Environment variable naming the run a part reports its progress to
-#: (:func:`rechunker_core.copy.report`); :class:`PartsExecutor` sets it.
+#: Environment variable naming the run a part reports its progress to (the
+#: token of a :class:`rechunker_core.copy.Feed`); :class:`PartsExecutor` sets it.
 PROGRESS_ENV = "RECHUNKER_CORE_PROGRESS"
 
 
@@ -168,14 +166,14 @@ def run_part(
             claim.renew()
     share = [RoundTotals(stage, sum(b.num_tasks for b in batches), _nbytes(batches))]
     tracker = Tracker.of_rounds(share, progress)
-    token = os.environ.get(PROGRESS_ENV)
+    feed = Feed(os.environ.get(PROGRESS_ENV))
     copied = 0
     try:
         for batch in batches:
             tasks = run_batch(batch)
             copied += tasks
             tracker.finished(tasks, 0)
-            report(token, stage, tasks)
+            feed.report(stage, tasks)
     finally:
         tracker.close()
     marker = plan.marker(stage, part)
@@ -273,9 +271,9 @@ class PartsExecutor:
         The parts report each batch to ``progress`` as they copy it.
         """
         command = [sys.executable, "-m", "rechunker_core.cli", "run-part", str(plan.path)]
-        token = new_token() if progress is not None else None
-        env = {**os.environ, PROGRESS_ENV: token} if token else None
-        with listening(progress, token):
+        feed = Feed() if progress is not None else Feed(None)
+        env = {**os.environ, PROGRESS_ENV: feed.token} if feed.token else None
+        with feed.listening(progress):
             for stage in range(len(plan.rounds)):
                 processes = [
                     subprocess.Popen(

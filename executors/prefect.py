@@ -13,16 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from rechunker_core.copy import (
-    Batch,
-    Tracker,
-    finish,
-    listening,
-    new_token,
-    report,
-    rounds,
-    run_batch,
-)
+from rechunker_core.copy import Batch, Feed, Tracker, finish, rounds, run_batch
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -126,7 +117,7 @@ class PrefectExecutor:
         )
         cleanup = prefect.task(_finish, name="finish", **options)
         batch_size = self.batch_size
-        token = new_token()
+        feed = Feed()
 
         def rechunk() -> None:
             for round_ in rounds(specs):
@@ -137,10 +128,10 @@ class PrefectExecutor:
                 # The flow runs where it was called: results come back here, whatever
                 # the task runner, and a listening Tracker hears of each.
                 for future in as_completed(futures):
-                    report(token, round_.number, future.result())
+                    feed.report(round_.number, future.result())
             cleanup.submit(quote(specs)).result()
 
-        rechunk.progress_token = token  # type: ignore[attr-defined]
+        rechunk.feed = feed  # type: ignore[attr-defined]
         runner = self.task_runner or ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1)
         return prefect.flow(
             rechunk, name=self.flow_name, task_runner=runner, validate_parameters=False
@@ -151,8 +142,8 @@ class PrefectExecutor:
 
         ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...).
         """
-        token = getattr(plan.fn, "progress_token", None)
-        with listening(progress, token):
+        feed: Feed = getattr(plan.fn, "feed", Feed(None))
+        with feed.listening(progress):
             (plan.with_options(**kwargs) if kwargs else plan)()
 
 

@@ -76,32 +76,16 @@ def multistage_rechunking_plan(*args: Any, **kwargs: Any) -> list[_Plan]:
     return compat.multistage_rechunking_plan(*args, max_stages=MAX_STAGES, **kwargs)
 
 
-def rechunking_plan(
-    shape: Sequence[int],
-    source_chunks: Sequence[int],
-    target_chunks: Sequence[int],
-    itemsize: int,
-    max_mem: int,
-    consolidate_reads: bool = True,
-    consolidate_writes: bool = True,
-) -> _Plan:
-    """rechunker's single-stage planner, within this module's :data:`MAX_STAGES`.
+def rechunking_plan(*args: Any, **kwargs: Any) -> _Plan:
+    """rechunker's single-stage planner, within this module's :data:`MAX_STAGES`
+    (read at each call: rechunker's users patch it).
 
-    See :func:`rechunker_core.compat.rechunking_plan`.
+    Takes the parameters of :func:`rechunker_core.compat.rechunking_plan`.
 
     >>> rechunking_plan((8, 8), (1, 8), (8, 1), itemsize=4, max_mem=64)
     ((2, 8), (2, 2), (8, 2))
     """
-    return compat.rechunking_plan(
-        shape,
-        source_chunks,
-        target_chunks,
-        itemsize,
-        max_mem,
-        consolidate_reads,
-        consolidate_writes,
-        max_stages=MAX_STAGES,
-    )
+    return compat.rechunking_plan(*args, max_stages=MAX_STAGES, **kwargs)
 
 
 #: Most stages :func:`plan_layout` considers. Each stage reads and writes the

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import zarr
@@ -43,7 +44,7 @@ from rechunker_core.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES, RetryPolicy
 from rechunker_core.sources import Source, open_source
 from rechunker_core.spec import StagedCopySpec
 
-__all__ = ["Rechunked", "describe_plan", "draw_plan", "rechunk"]
+__all__ = ["PlanView", "Rechunked", "describe_plan", "draw_plan", "rechunk"]
 
 logger = logging.getLogger("rechunker_core")
 
@@ -302,41 +303,81 @@ def _resolve_source(
     return source.encoded(options.encodings, options.zarr_format), options
 
 
-def _plan_only(
-    source: Any, target_chunks: Any, max_mem: int | str, target_options: Mapping[str, Any] | None
-) -> tuple[Source, int, list[ArrayJob]]:
-    """The jobs ``rechunk`` would plan, writing nothing."""
-    found, options = _resolve_source(open_source(source), target_options, None)
-    memory = parse_bytes(max_mem)
-    # Nowhere real: nothing is written, and the layout does not depend on the place.
-    dest = Destination(StoreLocation("<target>"), temp=_ANY_TEMP)
-    return found, memory, plan_jobs(found, target_chunks, memory, dest, options)
-
-
-def describe_plan(
-    source: Any,
-    target_chunks: Any,
-    max_mem: int | str,
-    target_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Return the plan ``rechunk`` would make, as text, without writing anything."""
-    found, memory, jobs = _plan_only(source, target_chunks, max_mem, target_options)
-    lines = [f"{found.kind}, max_mem {format_bytes(memory)}"]
+def _as_text(heading: str, jobs: Sequence[ArrayJob]) -> str:
+    """One line per array: its title, shape, dtype and layout."""
+    lines = [heading]
     for job in jobs:
         lines.append(f"{job.array.title} {job.array.ref.shape} {job.array.ref.dtype}: ")
         lines[-1] += job.layout.summary()
     return "\n".join(lines)
 
 
-def draw_plan(
-    source: Any,
-    target_chunks: Any,
-    max_mem: int | str,
-    target_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Return the plan ``rechunk`` would make as an SVG picture, without writing anything."""
-    found, memory, jobs = _plan_only(source, target_chunks, max_mem, target_options)
+def _as_svg(heading: str, jobs: Sequence[ArrayJob]) -> str:
+    """The picture of :func:`~rechunker_core.display.plan_svg`, under a one-line summary."""
     tasks = sum(stage.num_tasks for job in jobs for stage in job.layout.stages)
-    return plan_svg(
-        jobs, f"{found.kind}, max_mem {format_bytes(memory)}: {summary_line(jobs, tasks)}"
-    )
+    return plan_svg(jobs, f"{heading}: {summary_line(jobs, tasks)}")
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A view of the plan ``rechunk`` would make, drawn without writing anything.
+
+    :func:`describe_plan` and :func:`draw_plan` are its two instances: the
+    same planning, two renderings.
+
+    Attributes
+    ----------
+    render : callable
+        ``render(heading, jobs)``: the view of the planned jobs, under a
+        heading that names the source kind and ``max_mem``.
+    """
+
+    render: Callable[[str, Sequence[ArrayJob]], str]
+
+    def __call__(
+        self,
+        source: Any,
+        target_chunks: Any,
+        max_mem: int | str,
+        target_options: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Plan as :func:`rechunk` would and return the view of that plan.
+
+        Parameters
+        ----------
+        source : zarr.Array, zarr.Group, dask.array.Array or xarray.Dataset
+            What :func:`rechunk` would read.
+        target_chunks : tuple, dict or None
+            The chunks wanted, as for :func:`rechunk`.
+        max_mem : int or str
+            The memory bound per task, as for :func:`rechunk`.
+        target_options : dict, optional
+            The target's ``zarr.create_array`` keywords, as for :func:`rechunk`
+            (its ``shards`` change the plan).
+
+        Returns
+        -------
+        str
+            The rendered plan.
+        """
+        found, options = _resolve_source(open_source(source), target_options, None)
+        memory = parse_bytes(max_mem)
+        # Nowhere real: nothing is written, and the layout does not depend on the place.
+        dest = Destination(StoreLocation("<target>"), temp=_ANY_TEMP)
+        jobs = plan_jobs(found, target_chunks, memory, dest, options)
+        return self.render(f"{found.kind}, max_mem {format_bytes(memory)}", jobs)
+
+
+describe_plan = PlanView(_as_text)
+"""Return the plan ``rechunk`` would make, as text, without writing anything.
+
+``describe_plan(source, target_chunks, max_mem, target_options=None)``: see
+:class:`PlanView`.
+"""
+
+draw_plan = PlanView(_as_svg)
+"""Return the plan ``rechunk`` would make as an SVG picture, without writing anything.
+
+``draw_plan(source, target_chunks, max_mem, target_options=None)``: see
+:class:`PlanView`.
+"""

@@ -11,7 +11,7 @@ Every executor calls these, and nothing else copies:
   into the contiguous shares of independent processes (:meth:`Round.part`).
 - :class:`Tracker` counts finished batches and reports progress, whichever
   executor ran them; where a batch ran in another thread or process than
-  the tracker, :func:`report` carries the count back.
+  the tracker, a :class:`Feed` carries the count back.
 - :func:`finish` is the last step of every plan; :func:`complete` the
   driver's, once the plan has run (it merges the changes of Icechunk targets
   into their sessions).
@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from itertools import zip_longest
 from pathlib import Path
@@ -59,6 +59,7 @@ from rechunker_core.storage import ZarrRef, remove
 __all__ = [
     "MIN_BATCH_BYTES",
     "Batch",
+    "Feed",
     "Progress",
     "ProgressListener",
     "Round",
@@ -72,9 +73,6 @@ __all__ = [
     "feed_path",
     "finish",
     "least_batch_size",
-    "listening",
-    "new_token",
-    "report",
     "rounds",
     "run_batch",
     "run_local",
@@ -152,17 +150,10 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     (:func:`~rechunker_core.journal.finished` with ``follow=True``), are skipped.
     """
     stage = batch.stage
-    journal = recorder(stage.journal, stage.shape, stage.task_chunks, stage.target.retry)
+    journal = recorder(stage.journal, stage.grid, stage.target.retry)
     todo = [batch.tasks]
     if recheck and stage.journal is not None:
-        done = finished(
-            stage.journal,
-            stage.shape,
-            stage.task_chunks,
-            stage.num_tasks,
-            stage.target.retry,
-            follow=True,
-        )
+        done = finished(stage.journal, stage.grid, stage.target.retry, follow=True)
         todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
     target = stage.target.location
     with batch_writes(target.store, target.path, batch.tasks):
@@ -178,9 +169,7 @@ def _finished(stage: CopySpec) -> TaskSet:
     """The tasks of ``stage`` its journal records as done."""
     if stage.journal is None:
         return TaskSet.union([])
-    return finished(
-        stage.journal, stage.shape, stage.task_chunks, stage.num_tasks, stage.target.retry
-    )
+    return finished(stage.journal, stage.grid, stage.target.retry)
 
 
 def _split(stage: CopySpec, size: int, done: TaskSet) -> Iterator[Batch]:
@@ -357,7 +346,7 @@ class Tracker:
 
     Every executor reports through one of these, as batches finish: directly
     in the process that drives the run, or from wherever a batch ran through
-    :func:`report` (see :meth:`listening`). ``progress`` is a callable
+    a :class:`Feed` (see :meth:`listening`). ``progress`` is a callable
     receiving ``(tasks_done, tasks_total)``, a :class:`ProgressListener`, or
     None. Counts are kept under a lock, so the callable sees ``tasks_done``
     grow, ending at ``tasks_total``, whichever threads report.
@@ -429,7 +418,7 @@ class Tracker:
 
     @contextmanager
     def listening(self, token: str | None) -> Iterator[Tracker]:
-        """Hear :func:`report` calls for ``token`` while the block runs.
+        """Hear the reports of the :class:`Feed` ``token`` names while the block runs.
 
         Reports made in this process come straight here. For reports from
         other processes on this machine (a Beam DirectRunner in
@@ -468,7 +457,7 @@ class Tracker:
             complete = data[: data.rfind(b"\n") + 1]
             offset += len(complete)
             for line in complete.decode().splitlines():
-                round_number, tasks = (int(field) for field in line.split())
+                round_number, tasks = (int(word) for word in line.split())
                 self.finished(tasks, round_number)
             if stopping:
                 return
@@ -479,45 +468,59 @@ _ACTIVE: dict[str, Tracker] = {}
 _ACTIVE_LOCK = threading.Lock()
 
 
-def new_token() -> str:
-    """A token naming one run's progress reports: executors put it in their plans."""
-    return uuid.uuid4().hex
-
-
 def feed_path(token: str) -> Path:
     """The feed file other processes on this machine append reports for ``token`` to."""
     return Path(tempfile.gettempdir()) / f"rechunker-core-progress-{token}"
 
 
-def report(token: str | None, round_number: int, tasks: int) -> None:
-    """Tell the run ``token`` that ``tasks`` tasks of round ``round_number`` finished.
+def _new_token() -> str:
+    return uuid.uuid4().hex
 
-    Called where a batch ran, or where its result arrived. It costs a
-    dictionary look-up in the process that listens, one small append
-    elsewhere on its machine, and nothing where nobody listens.
+
+@dataclass(frozen=True)
+class Feed:
+    """How progress travels from wherever a batch runs to the run's :class:`Tracker`.
+
+    An executor makes one when it prepares a plan and puts it in the plan (it
+    is picklable: a token naming the run); the driver listens while the plan
+    runs (:meth:`listening`), and wherever a batch ran, or its result
+    arrived, :meth:`report` tells the run. ``Feed(None)`` is heard by nobody.
+
+    >>> tracker, feed = Tracker.of_rounds([RoundTotals(0, 4, 8)], print), Feed()
+    >>> with feed.listening(tracker):
+    ...     feed.report(0, 3)
+    3 4
     """
-    if token is None:
-        return
-    tracker = _ACTIVE.get(token)
-    if tracker is not None:
-        tracker.finished(tasks, round_number)
-        return
-    try:  # no O_CREAT: only the listening process makes the file
-        fd = os.open(feed_path(token), os.O_WRONLY | os.O_APPEND)
-    except OSError:
-        return
-    try:
-        # One write of a few bytes to an O_APPEND file: lines never interleave.
-        os.write(fd, f"{round_number} {tasks}\n".encode())
-    finally:
-        os.close(fd)
 
+    token: str | None = field(default_factory=_new_token)
 
-def listening(tracker: Tracker | None, token: str | None) -> AbstractContextManager[Any]:
-    """``tracker.listening(token)``, or nothing when there is no tracker or token."""
-    if tracker is None or token is None:
-        return nullcontext()
-    return tracker.listening(token)
+    def listening(self, tracker: Tracker | None) -> AbstractContextManager[Any]:
+        """``tracker.listening(token)``, or nothing when there is no tracker or token."""
+        if tracker is None or self.token is None:
+            return nullcontext()
+        return tracker.listening(self.token)
+
+    def report(self, round_number: int, tasks: int) -> None:
+        """Tell the run that ``tasks`` tasks of round ``round_number`` finished.
+
+        It costs a dictionary look-up in the process that listens, one small
+        append elsewhere on its machine, and nothing where nobody listens.
+        """
+        if self.token is None:
+            return
+        tracker = _ACTIVE.get(self.token)
+        if tracker is not None:
+            tracker.finished(tasks, round_number)
+            return
+        try:  # no O_CREAT: only the listening process makes the file
+            fd = os.open(feed_path(self.token), os.O_WRONLY | os.O_APPEND)
+        except OSError:
+            return
+        try:
+            # One write of a few bytes to an O_APPEND file: lines never interleave.
+            os.write(fd, f"{round_number} {tasks}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def as_tracker(

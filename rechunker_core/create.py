@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -193,11 +193,9 @@ def check_resume(
             check_marker(place, plan, dest)
     for job, resuming in zip(jobs, _resumed(jobs, dest)):
         if resuming:
-            for location, chunks, kwargs in _planned_arrays(job, dest, fmt):
-                if _is_zarr_array(location):
-                    _check_matches(
-                        location, job.array.ref.shape, job.array.ref.dtype, chunks, kwargs
-                    )
+            for planned in _planned_arrays(job, dest, fmt):
+                if _is_zarr_array(planned.location):
+                    planned.check_matches()
 
 
 #: The keys of zarr group metadata, in either format.
@@ -536,15 +534,63 @@ class _Chains:
     tokens: dict[str, str] = field(default_factory=dict)  # target place -> job token
 
 
-def _planned_arrays(
-    job: ArrayJob, dest: Destination, fmt: ZarrFormat
-) -> list[tuple[StoreLocation, tuple[int, ...], dict[str, Any]]]:
-    """Place, chunks and creation keywords of a job's target, then of its intermediates."""
+@dataclass(frozen=True)
+class _PlannedArray:
+    """An array this plan would create: where, and with which metadata."""
+
+    location: StoreLocation
+    shape: tuple[int, ...]
+    dtype: Any
+    chunks: tuple[int, ...]
+    kwargs: Mapping[str, Any]  # zarr.create_array keywords (:func:`_create_kwargs`)
+
+    def create(self, *, resume: bool = False) -> ZarrRef:
+        """Create the array; when resuming, open the one already there (it must fit the plan)."""
+        location = self.location
+        if resume and _is_zarr_array(location):
+            self.check_matches()
+            clear_cache(location)
+            existing = zarr.open_array(store=location.open_store(), path=location.path, mode="r+")
+            return ZarrRef.from_array(existing, location)
+        array = self._create_in(location.open_store())
+        # An array this process opened here before (an overwritten target) is stale.
+        clear_cache(location)
+        return ZarrRef.from_array(array, location)
+
+    def check_matches(self) -> None:
+        """Raise ValueError unless the array at the location is the one this plan would create."""
+        location = self.location
+        existing = zarr.open_array(
+            store=location.open_store(read_only=True), path=location.path, mode="r"
+        )
+        differences = metadata_differences(existing, self._create_in(MemoryStore()))
+        if differences:
+            raise ValueError(
+                f"resume=True, but the array {location.describe()} the interrupted run left does "
+                f"not match this plan: {'; '.join(differences)}; resume with the same arguments, "
+                "or pass target_options={'overwrite': True}"
+            )
+
+    def _create_in(self, store: Any) -> zarr.Array[Any]:
+        return zarr.create_array(
+            store=store,
+            name=self.location.path or None,
+            shape=self.shape,
+            dtype=self.dtype,
+            chunks=self.chunks,
+            **self.kwargs,
+        )
+
+
+def _planned_arrays(job: ArrayJob, dest: Destination, fmt: ZarrFormat) -> list[_PlannedArray]:
+    """The arrays a job creates: its target, then its intermediates."""
+    shape, dtype = job.array.ref.shape, job.array.ref.dtype
     kwargs = _create_kwargs(job.array, {**job.options.target, "zarr_format": fmt}, fmt)
-    planned = [(job.target, job.target_chunks, kwargs)]
+    planned = [_PlannedArray(job.target, shape, dtype, job.target_chunks, kwargs)]
     for i, chunks in enumerate(job.layout.intermediate_chunks, start=1):
         temp_kwargs = {**_create_kwargs(job.array, dict(job.options.temp), fmt), "attributes": {}}
-        planned.append((dest.intermediate(job.name, i), chunks, temp_kwargs))
+        location = dest.intermediate(job.name, i)
+        planned.append(_PlannedArray(location, shape, dtype, chunks, temp_kwargs))
     return planned
 
 
@@ -555,11 +601,9 @@ def _create_chain(
 
     Each stage records its finished tasks in a journal inside the array it writes.
     """
-    shape, dtype = job.array.ref.shape, job.array.ref.dtype
     token = chains.tokens.get(str(_place_of(job, dest).identity), "")
     target_ref, *temp_refs = [
-        _create_array(location, shape, dtype, chunks, kwargs, resume=resume)
-        for location, chunks, kwargs in _planned_arrays(job, dest, chains.fmt)
+        planned.create(resume=resume) for planned in _planned_arrays(job, dest, chains.fmt)
     ]
     assert target_ref.chunks == job.layout.stages[-1].write_chunks
     source = job.array.ref
@@ -654,62 +698,6 @@ def _create_kwargs(
     if kwargs.get("fill_value") is None and zarr_format != 2:
         kwargs.pop("fill_value", None)
     return kwargs
-
-
-def _create_array(
-    location: StoreLocation,
-    shape: tuple[int, ...],
-    dtype: Any,
-    chunks: tuple[int, ...],
-    kwargs: dict[str, Any],
-    *,
-    resume: bool = False,
-) -> ZarrRef:
-    """Create the array; when resuming, open the one already there (it must fit the plan)."""
-    if resume and _is_zarr_array(location):
-        _check_matches(location, shape, dtype, chunks, kwargs)
-        clear_cache(location)
-        existing = zarr.open_array(store=location.open_store(), path=location.path, mode="r+")
-        return ZarrRef.from_array(existing, location)
-    array = zarr.create_array(
-        store=location.open_store(),
-        name=location.path or None,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        **kwargs,
-    )
-    # An array this process opened here before (an overwritten target) is stale.
-    clear_cache(location)
-    return ZarrRef.from_array(array, location)
-
-
-def _check_matches(
-    location: StoreLocation,
-    shape: tuple[int, ...],
-    dtype: Any,
-    chunks: tuple[int, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    """Raise ValueError unless the array at ``location`` is the one this plan would create."""
-    existing = zarr.open_array(
-        store=location.open_store(read_only=True), path=location.path, mode="r"
-    )
-    planned = zarr.create_array(
-        store=MemoryStore(),
-        name=location.path or None,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        **kwargs,
-    )
-    differences = metadata_differences(existing, planned)
-    if differences:
-        raise ValueError(
-            f"resume=True, but the array {location.describe()} the interrupted run left does "
-            f"not match this plan: {'; '.join(differences)}; resume with the same arguments, "
-            "or pass target_options={'overwrite': True}"
-        )
 
 
 def _create_groups(source: Source, target: StoreLocation, fmt: ZarrFormat) -> None:

@@ -5,10 +5,12 @@ A leaf module: it imports nothing from the project, so any module may import it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import product
 
-__all__ = ["Region", "ceil_div", "region_slices", "split_region"]
+__all__ = ["Region", "TaskGrid", "ceil_div", "region_slices", "split_region"]
 
 #: A box of an array: one slice per dimension, each with a start and a stop.
 Region = tuple[slice, ...]
@@ -51,3 +53,29 @@ def region_slices(
     return tuple(
         slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, task_chunks, shape, strict=True)
     )
+
+
+@dataclass(frozen=True)
+class TaskGrid:
+    """An array's shape cut into tasks of ``task_chunks`` (clipped at the edges).
+
+    Tasks are numbered in C order over the grid, so two grids with the same
+    shape and task chunks give each number the same region.
+
+    >>> grid = TaskGrid((100, 40), (30, 40))
+    >>> grid.counts, grid.num_tasks
+    ((4, 1), 4)
+    """
+
+    shape: tuple[int, ...]
+    task_chunks: tuple[int, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Tasks along each dimension."""
+        return tuple(ceil_div(n, c) for n, c in zip(self.shape, self.task_chunks, strict=True))
+
+    @property
+    def num_tasks(self) -> int:
+        """How many tasks the grid has."""
+        return math.prod(self.counts)

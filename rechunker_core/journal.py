@@ -50,6 +50,7 @@ import numpy as np
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from rechunker_core.geometry import TaskGrid
 from rechunker_core.locations import StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.retry import RetryPolicy, retrying
 
@@ -117,9 +118,9 @@ class JournalRef:
         return cls(location_from_dict(data), str(data["run"]), str(data.get("job", "")))
 
 
-def grid_fingerprint(shape: tuple[int, ...], task_chunks: tuple[int, ...], job: str = "") -> bytes:
+def grid_fingerprint(grid: TaskGrid, job: str = "") -> bytes:
     """Eight bytes naming a job's task grid: the same task numbers mean the same regions."""
-    text = json.dumps([list(shape), list(task_chunks), job]).encode()
+    text = json.dumps([list(grid.shape), list(grid.task_chunks), job]).encode()
     return hashlib.blake2b(text, digest_size=8).digest()
 
 
@@ -249,14 +250,12 @@ _NOTHING = TaskSet(np.zeros(0), np.zeros(0))
 
 def finished(
     ref: JournalRef | None,
-    shape: tuple[int, ...],
-    task_chunks: tuple[int, ...],
-    num_tasks: int,
+    grid: TaskGrid,
     policy: RetryPolicy | None = None,
     *,
     follow: bool = False,
 ) -> TaskSet:
-    """The tasks of a stage recorded as done, by any process of any run.
+    """The tasks of a stage (numbered over ``grid``) recorded as done, by any process of any run.
 
     ``ref`` is ``None`` for a stage that keeps no journal: nothing is done.
 
@@ -268,7 +267,7 @@ def finished(
     """
     if ref is None:
         return _NOTHING
-    fp = grid_fingerprint(shape, task_chunks, ref.job)
+    fp, num_tasks = grid_fingerprint(grid, ref.job), grid.num_tasks
     if follow:
         return _followed(ref, fp, num_tasks, policy)
     found = retrying(
@@ -445,7 +444,7 @@ def _writer_name() -> str:
 def _record(task: int, fp: bytes) -> bytes:
     """The record of one task, as :func:`_encode` makes it, without numpy's per-call cost.
 
-    >>> fp = grid_fingerprint((10,), (1,))
+    >>> fp = grid_fingerprint(TaskGrid((10,), (1,)))
     >>> _record(7, fp) == _encode([(7, 8)], fp)
     True
     """
@@ -583,16 +582,11 @@ _writers: OrderedDict[tuple[Any, ...], Recorder] = OrderedDict()
 _writers_lock = threading.Lock()
 
 
-def recorder(
-    ref: JournalRef | None,
-    shape: tuple[int, ...],
-    task_chunks: tuple[int, ...],
-    policy: RetryPolicy | None = None,
-) -> Recorder:
+def recorder(ref: JournalRef | None, grid: TaskGrid, policy: RetryPolicy | None = None) -> Recorder:
     """This process's recorder for a stage's journal (one per process, stage and run)."""
     if ref is None:
         return _NoJournal()
-    fp = grid_fingerprint(shape, task_chunks, ref.job)
+    fp = grid_fingerprint(grid, ref.job)
     # The pid: a forked worker must not append to its parent's file.
     key = (os.getpid(), *ref.location.key, ref.run, fp)
     with _writers_lock:
@@ -612,18 +606,12 @@ def recorder(
         return found
 
 
-def record_all(
-    ref: JournalRef | None,
-    shape: tuple[int, ...],
-    task_chunks: tuple[int, ...],
-    num_tasks: int,
-    policy: RetryPolicy | None = None,
-) -> None:
-    """Record every task of a stage as done, in one record."""
-    if ref is None or not num_tasks:
+def record_all(ref: JournalRef | None, grid: TaskGrid, policy: RetryPolicy | None = None) -> None:
+    """Record every task of a stage (numbered over ``grid``) as done, in one record."""
+    if ref is None or not grid.num_tasks:
         return
-    fp = grid_fingerprint(shape, task_chunks, ref.job)
-    data = _MAGIC + fp + _encode([(0, num_tasks)], fp)
+    fp = grid_fingerprint(grid, ref.job)
+    data = _MAGIC + fp + _encode([(0, grid.num_tasks)], fp)
     name = f"{_writer_name()}.all"
     local = ref.location.local_path
 

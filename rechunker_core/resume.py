@@ -444,11 +444,9 @@ def settle(spec: StagedCopySpec) -> None:
     begun deleting their intermediates (and journals) when it was killed.
     """
     complete = [
-        finished(s.journal, s.shape, s.task_chunks, s.num_tasks, s.target.retry).count
-        == s.num_tasks
-        for s in spec.stages
+        finished(s.journal, s.grid, s.target.retry).count == s.num_tasks for s in spec.stages
     ]
     last = max((k for k, done in enumerate(complete) if done), default=0)
     for stage, done in zip(spec.stages[:last], complete):
         if not done:
-            record_all(stage.journal, stage.shape, stage.task_chunks, stage.num_tasks)
+            record_all(stage.journal, stage.grid)

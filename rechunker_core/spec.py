@@ -8,7 +8,6 @@ target. Executors walk these; :mod:`rechunker_core.copy` does each task.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.geometry import Region, region_slices
+from rechunker_core.geometry import Region, TaskGrid, region_slices
 from rechunker_core.journal import JournalRef
 from rechunker_core.locations import Claim, StoreLocation, location_from_dict, location_to_dict
 from rechunker_core.storage import ZarrRef
@@ -98,14 +97,19 @@ class CopySpec:
         return tuple(self.target.shape)
 
     @cached_property
+    def grid(self) -> TaskGrid:
+        """The tasks of the copy: its shape cut into ``task_chunks``."""
+        return TaskGrid(self.shape, self.task_chunks)
+
+    @cached_property
     def task_grid(self) -> tuple[int, ...]:
         """Tasks along each dimension."""
-        return tuple(-(-n // c) for n, c in zip(self.shape, self.task_chunks))
+        return self.grid.counts
 
     @cached_property
     def num_tasks(self) -> int:
         """How many tasks the copy has."""
-        return math.prod(self.task_grid)
+        return self.grid.num_tasks
 
     def task_region(self, task: int) -> Region:
         """Return the region of task number ``task`` (C order over the task grid)."""

@@ -13,12 +13,11 @@ import pytest
 
 from rechunker_core.copy import (
     MIN_BATCHES_PER_ROUND,
+    Feed,
     Round,
     RoundTotals,
     Tracker,
     feed_path,
-    new_token,
-    report,
 )
 
 
@@ -118,16 +117,17 @@ def test_reports_reach_a_listening_tracker_from_other_processes() -> None:
     tracker = Tracker.of_rounds(
         [RoundTotals(0, 4, 4), RoundTotals(1, 6, 6)], lambda d, t: heard.append((d, t))
     )
-    token = new_token()
-    report(token, 0, 1)  # nobody listens yet: dropped
-    assert not feed_path(token).exists()
-    with tracker.listening(token):
-        report(token, 0, 4)
+    feed = Feed()
+    assert feed.token is not None
+    feed.report(0, 1)  # nobody listens yet: dropped
+    assert not feed_path(feed.token).exists()
+    with feed.listening(tracker):
+        feed.report(0, 4)
         assert tracker.done == 4
         code = (
-            "from rechunker_core.copy import report\n"
-            f"report({token!r}, 1, 2)\nreport({token!r}, 1, 4)\n"
+            "from rechunker_core.copy import Feed\n"
+            f"feed = Feed({feed.token!r})\nfeed.report(1, 2)\nfeed.report(1, 4)\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert heard == [(4, 10), (6, 10), (10, 10)]
-    assert not feed_path(token).exists()
+    assert not feed_path(feed.token).exists()

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from zarr.storage import MemoryStore
 
 import rechunker_core.journal as journal_module
+from rechunker_core.geometry import TaskGrid
 from rechunker_core.journal import (
     JournalRef,
     TaskSet,
@@ -29,7 +30,7 @@ from rechunker_core.locations import StoreLocation
 from rechunker_core.retry import RetryPolicy
 from tests.faults import FaultyStore
 
-GRID = ((100, 40), (10, 40))  # shape, task_chunks: 10 tasks
+GRID = TaskGrid((100, 40), (10, 40))  # 10 tasks
 
 
 def journal_at(kind: str, tmp_path: Path) -> JournalRef:
@@ -54,24 +55,24 @@ def test_a_task_set_holds_exactly_the_union(pairs: list[tuple[int, int]]) -> Non
 @pytest.mark.parametrize("kind", ["file", "object"])
 def test_recorded_tasks_are_found_by_any_process_and_run(tmp_path: Path, kind: str) -> None:
     ref = journal_at(kind, tmp_path)
-    journal = recorder(ref, *GRID)
+    journal = recorder(ref, GRID)
     for task in (0, 1, 2, 5, 9):
         journal.add(task)
     journal.commit()
     later = JournalRef(ref.location, run="a later run")
-    other = recorder(later, *GRID)
+    other = recorder(later, GRID)
     other.add(3)
     other.commit()
-    assert finished(ref, *GRID, 10).ranges == [(0, 4), (5, 6), (9, 10)]
+    assert finished(ref, GRID).ranges == [(0, 4), (5, 6), (9, 10)]
     # Another task grid (another plan) numbers tasks otherwise: nothing is taken from it.
-    assert finished(ref, (100, 40), (5, 40), 20).ranges == []
+    assert finished(ref, TaskGrid((100, 40), (5, 40))).ranges == []
     discard(ref)
-    assert finished(ref, *GRID, 10).ranges == []
+    assert finished(ref, GRID).ranges == []
 
 
 def test_a_torn_journal_file_never_claims_more(tmp_path: Path) -> None:
     ref = journal_at("file", tmp_path)
-    journal = recorder(ref, *GRID)
+    journal = recorder(ref, GRID)
     for task in (4, 7, 8):
         journal.add(task)
     (name,) = os.listdir(tmp_path / "a.zarr" / ".rechunker-journal")
@@ -79,22 +80,22 @@ def test_a_torn_journal_file_never_claims_more(tmp_path: Path) -> None:
     whole = path.read_bytes()
     for cut in range(len(whole) + 1):
         path.write_bytes(whole[:cut])
-        found = {t for a, b in finished(ref, *GRID, 10).ranges for t in range(a, b)}
+        found = {t for a, b in finished(ref, GRID).ranges for t in range(a, b)}
         assert found <= {4, 7, 8}
         assert len(found) == max(0, (cut - 16) // 16)  # whole records only
     # Garbage in place of a record fails its check.
     path.write_bytes(whole[:16] + bytes(range(16)) + whole[32:])
-    assert finished(ref, *GRID, 10).ranges == [(7, 9)]
+    assert finished(ref, GRID).ranges == [(7, 9)]
 
 
 def test_threads_recording_at_once_on_an_object_store(tmp_path: Path) -> None:
     ref = journal_at("object", tmp_path)
     flaky = FaultyStore(ref.location.store, fraction=0.1, ops=("set",), seed=5)  # type: ignore[arg-type]
     ref = JournalRef(StoreLocation(flaky, ref.location.path), "threads")
-    grid = ((4000, 1), (1, 1))
+    grid = TaskGrid((4000, 1), (1, 1))
 
     def work(first: int) -> None:
-        journal = recorder(ref, *grid, RetryPolicy(10, 0.0))
+        journal = recorder(ref, grid, RetryPolicy(10, 0.0))
         for task in range(first, 4000, 8):
             journal.add(task)
             journal.commit()
@@ -104,7 +105,7 @@ def test_threads_recording_at_once_on_an_object_store(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert finished(ref, *grid, 4000).ranges == [(0, 4000)]
+    assert finished(ref, grid).ranges == [(0, 4000)]
     assert flaky.failures  # some journal writes failed, and were retried
     # One process, one object, rewritten: no object per task.
     keys = {key for (op, key) in flaky.calls if op == "set"}
@@ -116,8 +117,8 @@ def test_a_large_set_rolls_over_to_new_objects(
 ) -> None:
     monkeypatch.setattr(journal_module, "ROLL_RANGES", 100)
     ref = journal_at("object", tmp_path)
-    grid = ((1000, 1), (1, 1))
-    journal = recorder(ref, *grid)
+    grid = TaskGrid((1000, 1), (1, 1))
+    journal = recorder(ref, grid)
     for task in range(0, 1000, 2):  # every other task: 500 ranges
         journal.add(task)
         journal.commit()
@@ -125,13 +126,13 @@ def test_a_large_set_rolls_over_to_new_objects(
     assert isinstance(store, MemoryStore)
     objects = [k for k in store._store_dict if k.startswith(".rechunker-journal/")]
     assert len(objects) == 5  # 101 ranges each, then the rest
-    assert finished(ref, *grid, 1000).count == 500
+    assert finished(ref, grid).count == 500
 
 
 def test_recording_a_whole_stage(tmp_path: Path) -> None:
     ref = journal_at("file", tmp_path)
-    record_all(ref, *GRID, 10)
-    assert finished(ref, *GRID, 10).ranges == [(0, 10)]
+    record_all(ref, GRID)
+    assert finished(ref, GRID).ranges == [(0, 10)]
 
 
 @pytest.mark.parametrize("kind", ["file", "object"])
@@ -141,29 +142,29 @@ def test_a_follower_sees_what_other_writers_recorded_since(
     monkeypatch.setattr(journal_module, "FOLLOW_SECONDS", 0.0)  # look again at every call
     monkeypatch.setattr(journal_module, "ROLL_RANGES", 1)
     ref = journal_at(kind, tmp_path)
-    grid = ((100, 1), (1, 1))
-    mine, theirs = recorder(ref, *grid), recorder(JournalRef(ref.location, "other run"), *grid)
-    assert finished(ref, *grid, 100, follow=True).ranges == []
+    grid = TaskGrid((100, 1), (1, 1))
+    mine, theirs = recorder(ref, grid), recorder(JournalRef(ref.location, "other run"), grid)
+    assert finished(ref, grid, follow=True).ranges == []
     for task in (0, 1, 5):
         theirs.add(task)
     theirs.commit()
-    assert finished(ref, *grid, 100, follow=True).ranges == [(0, 2), (5, 6)]
+    assert finished(ref, grid, follow=True).ranges == [(0, 2), (5, 6)]
     for task in (2, 7, 9):  # an object journal rolls over: what it rolled past is read once
         theirs.add(task)
         theirs.commit()
     mine.add(3)
     mine.commit()
-    assert finished(ref, *grid, 100, follow=True).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
-    assert finished(ref, *grid, 100, follow=True).ranges == finished(ref, *grid, 100).ranges
+    assert finished(ref, grid, follow=True).ranges == [(0, 4), (5, 6), (7, 8), (9, 10)]
+    assert finished(ref, grid, follow=True).ranges == finished(ref, grid).ranges
 
 
 def test_records_of_another_job_in_the_same_place_never_count(tmp_path: Path) -> None:
     first = journal_at("file", tmp_path)
-    journal = recorder(first, *GRID)
+    journal = recorder(first, GRID)
     for task in range(10):
         journal.add(task)
-    assert finished(first, *GRID, 10).count == finished(first, *GRID, 10, follow=True).count == 10
+    assert finished(first, GRID).count == finished(first, GRID, follow=True).count == 10
     # The place is replaced by a new job (overwrite): its journal, and what a
     # process remembers of the old one, are the new job's only.
     second = JournalRef(first.location, "run 2", job="another job")
-    assert finished(second, *GRID, 10).count == finished(second, *GRID, 10, follow=True).count == 0
+    assert finished(second, GRID).count == finished(second, GRID, follow=True).count == 0

@@ -439,7 +439,7 @@ def test_rechunk_again_after_a_chunk_was_written_is_refused(ws: Path) -> None:
     first = rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"))
     zarr.open_array(ws / "t.zarr", mode="r+")[0] = expected()[0]  # as if a task had run
     before = tree(ws)
-    with pytest.raises(ValueError, match="left incomplete .* pass resume=True"):
+    with pytest.raises(ValueError, match=r"left incomplete .* pass resume=True"):
         rechunk(str(ws / "src.zarr"), TARGET_CHUNKS, TWO_STAGES, str(ws / "t.zarr"))
     assert tree(ws) == before
     npt.assert_array_equal(first.execute(progress=False)[...], expected())

@@ -233,15 +233,29 @@ class MemoryModel:
     region_copies : int
         Extra copies of the region the reader makes (zarr's own path returns
         a new array: 1; dask concatenates the blocks it computes: 2).
+    small_window : tuple of int
+        ``(most chunks, bytes)``: chunks so small that more than
+        ``concurrency`` of them fit in ``bytes`` go up to ``most`` at once
+        (:meth:`window`). ``(0, 0)``: never more than ``concurrency``.
     """
 
     concurrency: int = 1
     chunk_copies: int = 2
     region_copies: int = 0
+    small_window: tuple[int, int] = (0, 0)
+
+    def window(self, chunk_bytes: int) -> int:
+        """Chunks of ``chunk_bytes`` in flight at once.
+
+        >>> MemoryModel(16, small_window=(64, 2**24)).window(96_000), MemoryModel(16).window(1)
+        (64, 16)
+        """
+        most, budget = self.small_window
+        return max(self.concurrency, min(most, budget // max(chunk_bytes, 1)))
 
     def in_flight(self, chunks: int, chunk_bytes: int) -> int:
         """Bytes of ``chunks`` chunks of ``chunk_bytes`` being read or written at once."""
-        return self.chunk_copies * min(self.concurrency, chunks) * chunk_bytes
+        return self.chunk_copies * min(self.window(chunk_bytes), chunks) * chunk_bytes
 
 
 def task_peak(

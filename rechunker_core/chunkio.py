@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -57,6 +58,7 @@ __all__ = [
     "FREED_MEMORY",
     "REGIONS",
     "SCRATCH",
+    "SMALL_WINDOW",
     "BufferPool",
     "ChunkIO",
     "all_fill",
@@ -68,6 +70,12 @@ __all__ = [
 #: Requests one task keeps in flight on stores other than local directories,
 #: so that object-store latency overlaps (local reads and writes go one by one).
 CONCURRENCY = 16
+#: Smaller chunks go more at once, up to 64 while they fit in 16 MiB (chunks
+#: under 1 MiB): a task writing many small chunks is bound by round trips, and
+#: no more bytes are in flight than 16 chunks of 1 MiB would hold.
+SMALL_WINDOW = (64, 16 * 2**20)
+#: The memory model of a task reading or writing an object store's chunks.
+_REMOTE = MemoryModel(concurrency=CONCURRENCY, small_window=SMALL_WINDOW)
 
 #: dtype kinds whose chunks are plain fixed-size bytes.
 _FIXED_KINDS = frozenset("biufcmM")
@@ -479,11 +487,13 @@ def _settle(requests: Iterable[Future[Any]]) -> None:
             request.result()
 
 
-def _chunks_of(store: Store, path: str, retry: RetryPolicy | None) -> _LocalChunks | _StoreChunks:
+def _chunks_of(
+    store: Store, path: str, chunk_bytes: int, retry: RetryPolicy | None
+) -> _LocalChunks | _StoreChunks:
     if _local(store):
         root = Path(str(store.root))
         return _LocalChunks(root / path if path else root, retry)
-    return _StoreChunks(store, path, CONCURRENCY, retry)
+    return _StoreChunks(store, path, _REMOTE.window(chunk_bytes), retry)
 
 
 # --------------------------------------------------------------------------
@@ -548,7 +558,8 @@ class ChunkIO:
         self.fill_value = array.fill_value
         self.skip_empty = not array.config.write_empty_chunks and array.fill_value is not None
         self._key: Callable[[tuple[int, ...]], str] = array.metadata.encode_chunk_key
-        self._store = _chunks_of(store, path, retry)
+        chunk_bytes = math.prod(self.chunks) * self.dtype.itemsize
+        self._store = _chunks_of(store, path, chunk_bytes, retry)
 
     @property
     def _fill(self) -> Any:
@@ -641,7 +652,7 @@ def reading_memory(array: zarr.Array[Any]) -> MemoryModel:
     """What reading ``array`` costs a task in memory (see :class:`MemoryModel`)."""
     if chunk_codec(array) is None:  # zarr's own path: a new array, many chunks at once
         return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=1)
-    return MemoryModel() if _local(array.store) else MemoryModel(concurrency=CONCURRENCY)
+    return MemoryModel() if _local(array.store) else _REMOTE
 
 
 def writing_memory(local: bool, sharded: bool) -> MemoryModel:
@@ -650,7 +661,7 @@ def writing_memory(local: bool, sharded: bool) -> MemoryModel:
     ``local``: it lives in a local directory; ``sharded``: it is written shard
     by shard through zarr's own path.
     """
-    return MemoryModel() if local or sharded else MemoryModel(concurrency=CONCURRENCY)
+    return MemoryModel() if local or sharded else _REMOTE
 
 
 def chunk_io(

@@ -19,7 +19,7 @@ from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from rechunker_core import chunkio, rechunk
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import BufferPool, chunk_codec
+from rechunker_core.chunkio import CONCURRENCY, SMALL_WINDOW, BufferPool, chunk_codec
 from rechunker_core.locations import StoreLocation
 from rechunker_core.storage import ZarrRef, clear_cache
 from tests.helpers import sample_data
@@ -176,7 +176,10 @@ def test_dtypes(dtype: str) -> None:
     clear_cache()
 
 
-def test_requests_to_other_stores_go_many_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("width", "most"), [(40, SMALL_WINDOW[0]), (2**17, CONCURRENCY)])
+def test_requests_to_other_stores_go_many_at_once(tmp_path: Path, width: int, most: int) -> None:
+    """Chunks of 320 bytes go up to 64 at once; chunks of 1 MiB, 16."""
+
     class Slow(Counting):
         """Adds latency; counts how many requests overlap."""
 
@@ -194,13 +197,13 @@ def test_requests_to_other_stores_go_many_at_once(tmp_path: Path) -> None:
             return await super().get(key, *args, **kwargs)
 
     inner = LocalStore(str(tmp_path / "a.zarr"))
-    array = zarr.create_array(inner, shape=(40, 40), chunks=(2, 40), dtype="f4")
-    array[...] = sample_data((40, 40), "f4")
+    array = zarr.create_array(inner, shape=(40, width), chunks=(2, width), dtype="f4")
+    array[...] = sample_data((40, width), "f4")
     slow = Slow(inner)
     ref = ZarrRef.from_array(zarr.open_array(slow, mode="r"), StoreLocation(slow))
-    npt.assert_array_equal(ref.read((slice(0, 40), slice(0, 40))), array[...])
+    npt.assert_array_equal(ref.read((slice(0, 40), slice(0, width))), array[...])
     assert slow.gets == 20
-    assert slow.most == min(20, chunkio.CONCURRENCY)
+    assert slow.most == min(20, most)
     clear_cache()
 
 

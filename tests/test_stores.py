@@ -117,7 +117,8 @@ def test_s3_to_s3_with_temp_on_s3(s3: dict[str, Any], executor: str) -> None:
     assert StagedCopySpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="the same place as the source"):
         options = {"storage_options": s3, "overwrite": True}
-        rechunk(source, TARGET_CHUNKS, MAX_MEM, f"{run}/source.zarr", target_options=options)
+        rechunk(source, TARGET_CHUNKS, MAX_MEM, f"{run}/source.zarr", target_options=options,
+                temp_store=f"{run}/temp2.zarr", temp_options={"storage_options": s3})  # fmt: skip
     rechunked.execute()
     target = zarr.open_array(f"{run}/target.zarr", mode="r", storage_options=s3)
     assert target.chunks == TARGET_CHUNKS

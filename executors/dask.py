@@ -38,8 +38,8 @@ from rechunker_core.spec import CopySpec, StagedCopySpec
 __all__ = ["MAX_GRAPH_NODES", "DaskExecutor"]
 
 #: With ``batch_size=None``, copy tasks are batched so that a plan has at most
-#: about this many nodes: a scheduler spends about a millisecond per node, and
-#: a client holds every node in memory.
+#: this many nodes (copies, stages, barriers and the finish): a scheduler
+#: spends about a millisecond per node, and a client holds every node in memory.
 MAX_GRAPH_NODES = 100_000
 
 
@@ -89,7 +89,7 @@ class DaskExecutor:
         Task, TaskRef = task_spec.Task, task_spec.TaskRef
 
         specs = tuple(specs)
-        at_least = 1 if self.batch_size else least_batch_size(specs, MAX_GRAPH_NODES)
+        at_least = 1 if self.batch_size else least_batch_size(specs, _copy_budget(specs))
         token = uuid.uuid4().hex
         graph: dict[Any, Any] = {}
         last_barriers: list[Any] = []
@@ -208,6 +208,21 @@ def _barrier(*copied: int) -> int:
 #: Most dependencies of one barrier node: a barrier over 10**5 copy tasks is a
 #: tree, so no node waits on (and no worker gathers) more results than this.
 BARRIER_FAN_IN = 64
+
+
+def _copy_budget(specs: Sequence[StagedCopySpec]) -> int:
+    """Copy nodes that leave room, within :data:`MAX_GRAPH_NODES`, for the rest.
+
+    Each stage adds its data node, the root of its barrier tree and a batch
+    rounded up; the trees add at most one node per ``BARRIER_FAN_IN - 1`` copies.
+
+    >>> from types import SimpleNamespace as NS
+    >>> _copy_budget([NS(stages=(1, 2))] * 100)
+    97821
+    """
+    stages = sum(len(spec.stages) for spec in specs)
+    room = MAX_GRAPH_NODES - 3 * stages - 1
+    return max(stages, room * (BARRIER_FAN_IN - 2) // (BARRIER_FAN_IN - 1))
 
 
 def _barrier_tree(graph: dict[Any, Any], name: str, refs: list[Any]) -> Any:

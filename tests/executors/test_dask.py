@@ -154,7 +154,7 @@ def test_builds_a_large_graph(tmp_path: Path) -> None:
 
 def test_a_huge_plan_is_batched_to_a_bounded_graph(tmp_path: Path) -> None:
     """10**7 copy tasks of 4 MiB each (metadata only: nothing runs) become about
-    10**5 nodes of 100 copy tasks."""
+    at most 10**5 nodes of about 100 copy tasks."""
     shape, task = (10**7, 2**22), (1, 2**22)
     refs = [
         ZarrRef(StoreLocation(str(tmp_path / name)), shape, np.dtype("u1"), task, task)
@@ -163,8 +163,7 @@ def test_a_huge_plan_is_batched_to_a_bounded_graph(tmp_path: Path) -> None:
     spec = StagedCopySpec((CopySpec(refs[0], refs[1], task),))
     graph = dict(DaskExecutor().prepare_plan([spec]).__dask_graph__())
     copies = [node for key, node in graph.items() if "copy" in key[0]]
-    assert len(copies) == MAX_GRAPH_NODES
-    assert len(graph) < 1.1 * MAX_GRAPH_NODES
+    assert 0.95 * MAX_GRAPH_NODES < len(copies) < len(graph) <= MAX_GRAPH_NODES
     assert max(len(node.dependencies) for node in graph.values()) <= BARRIER_FAN_IN
 
 

@@ -51,7 +51,7 @@ from rechunker_core.algorithm import MemoryModel
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
 from rechunker_core.retry import RetryPolicy, retrying, retrying_async
-from rechunker_core.zarr_internals import submit, sync
+from rechunker_core.zarr_internals import submit
 
 __all__ = [
     "CONCURRENCY",
@@ -392,9 +392,31 @@ class _LocalChunks:
             scratch.unlink(missing_ok=True)
             raise
 
-    def exists(self, key: str) -> bool:
-        """Whether chunk ``key`` is stored."""
-        return (self.root / key).is_file()
+    def any_exists(self, keys: Iterable[str]) -> bool:
+        """Whether any of ``keys`` is stored.
+
+        A missing directory rules out every key below it with one look, so a
+        region of a sparse or still empty array costs a few ``stat`` calls,
+        not one per chunk.
+        """
+        root = str(self.root)
+        present: set[str] = set()
+        missing: set[str] = set()
+        for key in keys:
+            parts = key.split("/")
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder in missing:
+                    break
+                if folder not in present:
+                    if not os.path.isdir(os.path.join(root, folder)):
+                        missing.add(folder)
+                        break
+                    present.add(folder)
+            else:
+                if os.path.isfile(os.path.join(root, key)):
+                    return True
+        return False
 
 
 class _StoreChunks:
@@ -467,17 +489,6 @@ class _StoreChunks:
                 window.popleft().result()
         finally:
             _settle(window)
-
-    def exists(self, key: str) -> bool:
-        """Whether chunk ``key`` is stored."""
-        key = self.prefix + key
-        return bool(
-            sync(
-                retrying_async(
-                    lambda: self.store.exists(key), self._what("looking for", key), self.retry
-                )
-            )
-        )
 
 
 def _settle(requests: Iterable[Future[Any]]) -> None:
@@ -633,8 +644,8 @@ class ChunkIO:
         value). Only local chunks are looked for: elsewhere each look is a request."""
         if not isinstance(self._store, _LocalChunks):
             return True
-        pieces = _pieces(region, self.chunks, self.shape)
-        return any(self._store.exists(self._key(p.coords)) for p in pieces)
+        spans = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, self.chunks)]
+        return self._store.any_exists(self._key(coords) for coords in product(*spans))
 
     def omits(self, fill_value: Any) -> bool:
         """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""

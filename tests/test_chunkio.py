@@ -297,3 +297,35 @@ def test_freed_memory_is_kept_while_runs_last_and_given_back_after() -> None:
         blocks = [np.ones(2**20) for _ in range(8)]  # 8 MB blocks: heap, not mmap
         del blocks
     assert FREED_MEMORY._runs == 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "separator"),
+    [(3, "/"), (3, "."), (2, "."), (2, "/")],
+    ids=["v3", "v3-dot", "v2", "v2-slash"],
+)
+def test_a_region_without_stored_chunks_copies_nothing(
+    tmp_path: Path, fmt: int, separator: str
+) -> None:
+    """``copies_nothing`` agrees with the chunk files, whatever the key layout."""
+    encoding: Any = (
+        {"name": "default", "separator": separator}
+        if fmt == 3
+        else {"name": "v2", "separator": separator}
+    )
+    source = _array(LocalStore(str(tmp_path / "s.zarr")), fmt, None, fill_value=0.5,
+                    chunk_key_encoding=encoding)  # fmt: skip
+    target = _array(LocalStore(str(tmp_path / "t.zarr")), fmt, None, fill_value=0.5)
+    refs = _ref(source.store, source), _ref(target.store, target)
+    everywhere = [*REGIONS, (slice(10, 12), slice(0, 17), slice(0, 9))]
+    assert all(refs[0].copies_nothing(region, refs[1]) for region in everywhere)  # no chunk yet
+    source[6:9, 5:6, 0:1] = 7.0  # one chunk: (1, 1, 0)
+    stored = {tuple(i // c for i, c in zip((6, 5, 0), CHUNKS))}
+    for region in everywhere:
+        spans = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, CHUNKS)]
+        touches = any(coords in stored for coords in itertools.product(*spans))
+        assert refs[0].copies_nothing(region, refs[1]) is not touches, region
+    # A target with another fill value must get the source's fill written.
+    other = _array(LocalStore(str(tmp_path / "o.zarr")), fmt, None, fill_value=0.0)
+    assert not refs[0].copies_nothing(REGIONS[3], _ref(other.store, other))
+    clear_cache()

@@ -37,6 +37,10 @@ SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES = (120, 96), (120, 1), (1, 96), 
 #: Between local stores: 12 tasks writing 12 chunks each, then 12 tasks.
 LOCAL = plan_layout(SHAPE, 4, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES).stages
 LOCAL_WRITES_PER_TASK = LOCAL[0].write_ops // LOCAL[0].num_tasks
+#: Two stages when the intermediate is wrapped (OnceStore): a wrapped store is not a
+#: local directory, so its tiny chunks go many at once and cost the plan more memory.
+#: 16 tasks writing 15 chunks each (first_stage_writes checks it), then 15 tasks.
+WRAPPED_TWO_STAGES = 10_000
 
 
 def first_stage_writes(rechunked: Any) -> tuple[int, int]:
@@ -70,22 +74,22 @@ def test_dask_worker_killed_mid_stage(
 
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     flag, log = tmp_path / "stalled-worker", tmp_path / "writes"
-    # A worker's chunk write of stage 0 just after 8 of its tasks stalls it (24 writes each
-    # through a wrapped store: the plan differs from LOCAL's; first_stage_writes checks it).
-    # Writes take 100 ms, 10 at a time: a task about 0.25 s, so the 8 tasks take well over
-    # journal.FOLLOW_SECONDS (how late other workers may see a finished task).
-    after = 8 * 24 + 3
-    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), True, after, str(log), 0.1)
+    # A worker's chunk write of stage 0 just after 4 of its 8 tasks stalls it (15 writes
+    # each through a wrapped store: the plan differs from LOCAL's). Writes take 0.5 s, all
+    # of a task's at once: the 4 tasks take well over journal.FOLLOW_SECONDS (how late
+    # other workers may see a finished task).
+    after = 4 * 15 + 3
+    temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), True, after, str(log), 0.5)
     rechunked = rechunk(
         source,
         TARGET_CHUNKS,
-        TWO_STAGES,
+        WRAPPED_TWO_STAGES,
         str(tmp_path / "t.zarr"),
         temp_store=temp,
         executor=DaskExecutor(scheduler=dask_client),
     )
     writes_in_all, per_task = first_stage_writes(rechunked)
-    assert per_task == 24
+    assert (rechunked.spec[0].stages[0].num_tasks, per_task) == (16, 15)
     outcome: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: outcome.update(out=rechunked.execute()))
     runner.start()
@@ -268,22 +272,23 @@ def test_every_engine_resumes_a_failed_run(
 ) -> None:
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     flag, log = tmp_path / "failed", tmp_path / "writes"
-    # The 100th chunk write into the intermediate (in some process) fails, once: 24 tasks
-    # of 24 writes each (first_stage_writes checks it).
+    # The 100th chunk write into the intermediate (in some process) fails, once: 16 tasks
+    # of 15 writes each (first_stage_writes checks it).
     temp = OnceStore(LocalStore(str(tmp_path / "tmp.zarr")), str(flag), after=100, log=str(log))
     target = str(tmp_path / "t.zarr")
     rechunked = rechunk(
-        source, TARGET_CHUNKS, TWO_STAGES, target, temp_store=temp, executor=mode.make(request)
-    )
+        source, TARGET_CHUNKS, WRAPPED_TWO_STAGES, target, temp_store=temp,
+        executor=mode.make(request),
+    )  # fmt: skip
     writes_in_all, per_task = first_stage_writes(rechunked)
-    assert per_task == 24
+    assert (rechunked.spec[0].stages[0].num_tasks, per_task) == (16, 15)
     with pytest.raises(Exception, match="injected failure"):
         rechunked.execute()
     assert flag.exists() and not is_complete(target)
     rechunk(
         source,
         TARGET_CHUNKS,
-        TWO_STAGES,
+        WRAPPED_TWO_STAGES,
         target,
         temp_store=temp,
         executor=mode.make(request),

@@ -522,6 +522,16 @@ class _Piece:
     whole: bool  # the region holds the whole chunk
 
 
+def _chunk_coords(region: Region, chunks: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """The grid coordinates of every chunk ``region`` touches, in C order.
+
+    >>> list(_chunk_coords((slice(2, 6), slice(0, 3)), (4, 3)))
+    [(0, 0), (1, 0)]
+    """
+    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks, strict=True)]
+    return product(*ranges)
+
+
 def _pieces(region: Region, chunks: tuple[int, ...], shape: tuple[int, ...]) -> Iterator[_Piece]:
     """Every chunk ``region`` touches, in C order, and where the two overlap.
 
@@ -530,8 +540,7 @@ def _pieces(region: Region, chunks: tuple[int, ...], shape: tuple[int, ...]) -> 
     >>> next(_pieces((slice(2, 6),), (4,), (10,))).in_chunk
     (slice(2, 4, None),)
     """
-    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks, strict=True)]
-    for coords in product(*ranges):
+    for coords in _chunk_coords(region, chunks):
         in_region, in_chunk, whole = [], [], True
         for i, r, c, n in zip(coords, region, chunks, shape, strict=True):
             lo, hi = max(i * c, r.start), min((i + 1) * c, r.stop, n)
@@ -644,8 +653,8 @@ class ChunkIO:
         value). Only local chunks are looked for: elsewhere each look is a request."""
         if not isinstance(self._store, _LocalChunks):
             return True
-        spans = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, self.chunks)]
-        return self._store.any_exists(self._key(coords) for coords in product(*spans))
+        coords = _chunk_coords(region, self.chunks)
+        return self._store.any_exists(self._key(c) for c in coords)
 
     def omits(self, fill_value: Any) -> bool:
         """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""

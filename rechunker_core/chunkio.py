@@ -392,6 +392,15 @@ class _LocalChunks:
             scratch.unlink(missing_ok=True)
             raise
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete each chunk of ``keys`` that is stored."""
+        for key in keys:
+            retrying(partial(self._delete, key), self._what("deleting", key), self.retry)
+
+    def _delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / key)
+
     def any_exists(self, keys: Iterable[str]) -> bool:
         """Whether any of ``keys`` is stored.
 
@@ -532,6 +541,22 @@ def _chunk_coords(region: Region, chunks: tuple[int, ...]) -> Iterator[tuple[int
     return product(*ranges)
 
 
+def _held_chunk_coords(
+    region: Region, chunks: tuple[int, ...], shape: tuple[int, ...]
+) -> Iterator[tuple[int, ...]]:
+    """The grid coordinates of every chunk ``region`` holds whole, in C order; an
+    edge chunk counts when the region reaches the end of the array.
+
+    >>> list(_held_chunk_coords((slice(2, 10), slice(0, 3)), (4, 3), (10, 3)))
+    [(1, 0), (2, 0)]
+    """
+    ranges = []
+    for r, c, n in zip(region, chunks, shape, strict=True):
+        stop = -(-n // c) if r.stop >= n else r.stop // c
+        ranges.append(range(-(-r.start // c), stop))
+    return product(*ranges)
+
+
 def _pieces(region: Region, chunks: tuple[int, ...], shape: tuple[int, ...]) -> Iterator[_Piece]:
     """Every chunk ``region`` touches, in C order, and where the two overlap.
 
@@ -585,8 +610,9 @@ class ChunkIO:
     def _fill(self) -> Any:
         return 0 if self.fill_value is None else self.fill_value
 
-    def read_into(self, region: Region, blocks: Blocks) -> None:
-        """Fill ``blocks`` with the values in ``region``, chunk by chunk.
+    def read_into(self, region: Region, blocks: Blocks) -> int:
+        """Fill ``blocks`` with the values in ``region``, chunk by chunk; return how
+        many of its chunks were absent (and read as the fill value).
 
         A chunk that is one contiguous run of a block is decoded (or, stored
         raw on a local disk, read) straight into it; any other is decoded into
@@ -596,9 +622,8 @@ class ChunkIO:
         scratch = SCRATCH.take(self.chunks, self.dtype)
         try:
             if self.codec.compressor is None and isinstance(self._store, _LocalChunks):
-                self._read_raw(pieces, blocks, scratch, self._store)
-            else:
-                self._read_encoded(pieces, blocks, scratch)
+                return self._read_raw(pieces, blocks, scratch, self._store)
+            return self._read_encoded(pieces, blocks, scratch)
         finally:
             SCRATCH.give(scratch)
 
@@ -608,28 +633,34 @@ class ChunkIO:
         blocks: Blocks,
         scratch: np.ndarray[Any, Any],
         store: _LocalChunks,
-    ) -> None:
+    ) -> int:
+        absent = 0
         for piece in pieces:
             direct = blocks.view(piece.in_region) if piece.whole else None
             if not store.read_into(self._key(piece.coords), scratch if direct is None else direct):
                 blocks.assign(piece.in_region, self._fill)
+                absent += 1
             elif direct is None:
                 blocks.assign(piece.in_region, scratch[piece.in_chunk])
+        return absent
 
     def _read_encoded(
         self, pieces: list[_Piece], blocks: Blocks, scratch: np.ndarray[Any, Any]
-    ) -> None:
+    ) -> int:
         keys = [self._key(p.coords) for p in pieces]
+        absent = 0
         for i, data in self._store.read_many(keys):
             piece = pieces[i]
             direct = blocks.view(piece.in_region) if piece.whole else None
             if data is None:
                 blocks.assign(piece.in_region, self._fill)
+                absent += 1
             elif direct is not None:
                 self.codec.decode_into(data, direct)
             else:
                 self.codec.decode_into(data, scratch)
                 blocks.assign(piece.in_region, scratch[piece.in_chunk])
+        return absent
 
     def write_blocks(self, region: Region, blocks: Blocks) -> None:
         """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk."""
@@ -655,6 +686,19 @@ class ChunkIO:
             return True
         coords = _chunk_coords(region, self.chunks)
         return self._store.any_exists(self._key(c) for c in coords)
+
+    def free(self, region: Region) -> None:
+        """Delete the chunks ``region`` holds whole, on a local disk (elsewhere each
+        deletion is a request, and deleting the array at the end is cheaper).
+
+        Their files leave the page cache at once, so the writes that follow
+        reuse memory the kernel already holds instead of fresh pages, which
+        cost several times as much on a virtual machine that hands freed
+        memory back to its host (docs/performance.md).
+        """
+        if isinstance(self._store, _LocalChunks):
+            coords = _held_chunk_coords(region, self.chunks, self.shape)
+            self._store.delete_many(self._key(c) for c in coords)
 
     def omits(self, fill_value: Any) -> bool:
         """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""

@@ -92,30 +92,35 @@ MIN_BATCH_BYTES = 4 * 2**20
 MIN_BATCHES_PER_ROUND = 1000
 
 
-def copy_region(stage: CopySpec, region: Region) -> None:
+def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None = None) -> None:
     """Copy one task's region: read it from the stage's source, write it to its target.
 
     The region is held as the target's write chunks (:class:`~rechunker_core.blocks.Blocks`),
     in memory from the process's pool (:data:`~rechunker_core.chunkio.REGIONS`), so
     consecutive tasks refill memory already touched.
+
+    ``done`` is asked when a stage that frees its source found chunks absent:
+    if another run of the same task has finished (an engine ran it twice at
+    once), it freed them, and this run writes nothing.
     """
     source = stage.source
     if isinstance(source, ZarrRef) and source.copies_nothing(region, stage.target):
         return
     dtype = np.dtype(source.dtype)
     chunks = stage.target.block_chunks(region)
-    if dtype.hasobject:
-        blocks = Blocks(region, chunks, None, dtype)
-        stage.source.read_into(region, blocks)
-        stage.target.write(region, blocks)
-        return
-    buffer = REGIONS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
+    buffer = None
+    if not dtype.hasobject:
+        buffer = REGIONS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
     try:
         blocks = Blocks(region, chunks, buffer, dtype)
-        stage.source.read_into(region, blocks)
+        if not isinstance(source, ZarrRef):
+            source.read_into(region, blocks)
+        elif source.read_counting(region, blocks) and stage.frees_source and done and done():
+            return
         stage.target.write(region, blocks)
     finally:
-        REGIONS.give(buffer)
+        if buffer is not None:
+            REGIONS.give(buffer)
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     Each task is recorded in the stage's journal only after all its writes
     returned, and the batch returns only once its records are in the store:
     a process killed at any moment leaves unrecorded at most the tasks it
-    was running.
+    was running. Then, for a stage that :attr:`~CopySpec.frees_source`, the
+    intermediate chunks those tasks alone read are deleted.
 
     ``recheck`` is for engines that may run a batch again (dask after a
     worker died, Prefect and Beam retries): tasks the journal already
@@ -159,10 +165,20 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     with batch_writes(target.store, target.path, batch.tasks):
         for tasks in todo:
             for task in tasks:
-                copy_region(stage, stage.task_region(task))
+                copy_region(stage, stage.task_region(task), partial(_recorded, stage, task))
                 journal.add(task)
     journal.commit()
+    if stage.frees_source and isinstance(stage.source, ZarrRef):
+        for tasks in todo:
+            for task in tasks:
+                stage.source.free(stage.task_region(task))
     return batch.num_tasks
+
+
+def _recorded(stage: CopySpec, task: int) -> bool:
+    """Whether the journal of ``stage`` records ``task`` now (read whole, not as last seen)."""
+    done = finished(stage.journal, stage.grid, stage.target.retry)
+    return not any(True for _ in done.missing(task, task + 1))
 
 
 def _finished(stage: CopySpec) -> TaskSet:

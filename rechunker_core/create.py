@@ -374,7 +374,7 @@ def create_specs(
         plan = fingerprint(source, jobs)
         claims, resumed = _claim_all(jobs, dest, ledger, process_bound, resume, plan)
         temp_before = _group_keys(dest.temp.base) if dest.temp else set()
-        chains = _Chains(fmt, uuid.uuid4().hex, retry or RetryPolicy(), ledger.tokens)
+        chains = _Chains(fmt, uuid.uuid4().hex, retry or RetryPolicy(), ledger.tokens, keep_temp)
         specs = _create_metadata(source, jobs, dest, chains, resumed)
         if dest.temp is not None:
             # zarr writes group metadata above a new array: in the temp store, it is ours.
@@ -532,6 +532,9 @@ class _Chains:
     run: str
     retry: RetryPolicy
     tokens: dict[str, str] = field(default_factory=dict)  # target place -> job token
+    #: Unless the intermediates are kept for the user to look at, stages after
+    #: the first delete the intermediate chunks they have read.
+    keep_temp: bool = False
 
 
 @dataclass(frozen=True)
@@ -599,7 +602,8 @@ def _create_chain(
 ) -> StagedCopySpec:
     """Create one array's target and intermediates (or, resuming, open them); return its spec.
 
-    Each stage records its finished tasks in a journal inside the array it writes.
+    Each stage records its finished tasks in a journal inside the array it writes,
+    and each stage after the first frees the intermediate chunks it has read.
     """
     token = chains.tokens.get(str(_place_of(job, dest).identity), "")
     target_ref, *temp_refs = [
@@ -611,13 +615,15 @@ def _create_chain(
         replace(source, retry=chains.retry) if isinstance(source, ZarrRef) else source,
         *(replace(ref, retry=chains.retry) for ref in (*temp_refs, target_ref)),
     ]
+    journals = [_journal(ref, chains.run, token) for ref in refs[1:]]
     return StagedCopySpec(
         tuple(
             CopySpec(
                 refs[i],
                 refs[i + 1],
                 stage.task_chunks,
-                _journal(refs[i + 1], chains.run, token),
+                journals[i],
+                frees_source=i > 0 and not chains.keep_temp and journals[i] is not None,
             )
             for i, stage in enumerate(job.layout.stages)
         )

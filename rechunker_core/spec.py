@@ -64,15 +64,26 @@ class CopySpec:
     journal : JournalRef, optional
         Where finished tasks are recorded, so a resumed run skips them
         (:mod:`rechunker_core.journal`); ``None`` records nothing.
+    frees_source : bool
+        Delete the source's chunks each task holds whole once the task is
+        recorded (:meth:`ZarrRef.free`): for an intermediate the run created,
+        which no other stage reads. Needs a journal, so that a task done is
+        never run again on freed chunks.
     """
 
     source: ArrayRef
     target: ZarrRef
     task_chunks: tuple[int, ...]
     journal: JournalRef | None = None
+    frees_source: bool = False
 
     def __post_init__(self) -> None:
         source, target, tasks = self.source, self.target, self.task_chunks
+        if self.frees_source and (self.journal is None or not isinstance(source, ZarrRef)):
+            raise ValueError(
+                f"frees_source needs a zarr source and a journal, got {source!r} and "
+                f"{self.journal!r}: a task run again would read the chunks it freed"
+            )
         if tuple(source.shape) != tuple(target.shape):
             raise ValueError(f"source shape {source.shape} != target shape {target.shape}")
         if np.dtype(source.dtype) != np.dtype(target.dtype):
@@ -136,6 +147,7 @@ class CopySpec:
             "target": self.target.to_dict(),
             "task_chunks": list(self.task_chunks),
             "journal": None if self.journal is None else self.journal.to_dict(),
+            "frees_source": self.frees_source,
         }
 
     @classmethod
@@ -147,6 +159,7 @@ class CopySpec:
             ZarrRef.from_dict(data["target"]),
             tuple(data["task_chunks"]),
             None if journal is None else JournalRef.from_dict(journal),
+            bool(data.get("frees_source", False)),
         )
 
 

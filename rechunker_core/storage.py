@@ -101,11 +101,28 @@ class ZarrRef:
 
     def read_into(self, region: Region, blocks: Blocks) -> None:
         """Fill ``blocks`` with the values in ``region``."""
+        self.read_counting(region, blocks)
+
+    def read_counting(self, region: Region, blocks: Blocks) -> int:
+        """Fill ``blocks`` with the values in ``region``; return how many of its
+        chunks were absent, read as the fill value (0 through zarr's own path,
+        which does not tell, and which :meth:`free` never deletes from)."""
         opened = self._opened("r")
         if opened.io is not None:
-            opened.io.read_into(region, blocks)
-        else:
-            blocks.assign(_whole(region), np.asarray(opened.array[region]))
+            return opened.io.read_into(region, blocks)
+        blocks.assign(_whole(region), np.asarray(opened.array[region]))
+        return 0
+
+    def free(self, region: Region) -> None:
+        """Delete the chunks ``region`` holds whole, where that is cheap (a local
+        directory, chunks written one by one); elsewhere do nothing.
+
+        Only for an intermediate whose every chunk is read by one task, once
+        that task is recorded as done (:attr:`CopySpec.frees_source`).
+        """
+        opened = self._opened("r")
+        if opened.io is not None:
+            opened.io.free(region)
 
     def read(self, region: Region) -> np.ndarray[Any, Any]:
         """Read ``region`` into a new numpy array.

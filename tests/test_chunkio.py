@@ -15,6 +15,7 @@ import numpy.testing as npt
 import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, TransposeCodec, ZstdCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from rechunker_core import chunkio, rechunk
@@ -85,9 +86,14 @@ def test_reads_match_zarr(tmp_path: Path, fmt: int, compressors: Any, kind: str)
     for region, block_chunks in itertools.product(REGIONS, [(5, 4, 9), (2, 3, 5), (23, 17, 9)]):
         shape = tuple(s.stop - s.start for s in region)
         blocks = Blocks(region, block_chunks, np.empty(10**6, np.uint8), np.dtype("f4"))
-        ref.read_into(region, blocks)
+        absent = ref.read_counting(region, blocks)
         out = blocks.gather(tuple(slice(0, n) for n in shape), np.empty(shape, "f4"))
         npt.assert_array_equal(out, array[region])
+        touched = itertools.product(
+            *(range(r.start // c, -(-r.stop // c)) for r, c in zip(region, array.chunks))
+        )
+        keys = [array.metadata.encode_chunk_key(coords) for coords in touched]
+        assert absent == sum(not sync(store.exists(key)) for key in keys), region
     clear_cache()
 
 

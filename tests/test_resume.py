@@ -50,8 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES = (60, 48), (60, 1), (1, 48), 1400
 _FIRST_STAGE, _SECOND_STAGE = plan_layout(SHAPE, 4, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES).stages
 FIRST, SECOND = _FIRST_STAGE.num_tasks, _SECOND_STAGE.num_tasks
-#: Chunk writes of the first stage.
-FIRST_WRITES = _FIRST_STAGE.write_ops
+#: Chunk writes of the first stage, and of the second.
+FIRST_WRITES, SECOND_WRITES = _FIRST_STAGE.write_ops, _SECOND_STAGE.write_ops
 WORKERS = 2
 IN_FLIGHT = 2 * WORKERS  # the threads executor's bound per stage
 
@@ -149,6 +149,8 @@ KILL_POINTS = {
     "early": ("write", 1, IN_FLIGHT),
     "mid-stage": ("write", FIRST_WRITES // 2, IN_FLIGHT),
     "between-stages": ("between", 1, 0),
+    # The second stage has freed the intermediate chunks of the tasks it recorded.
+    "mid-second-stage": ("write", FIRST_WRITES + SECOND_WRITES // 2, IN_FLIGHT),
     "final-step": ("finish", 1, 0),
 }
 
@@ -163,6 +165,9 @@ def test_sigkill_then_resume(
     kill_when_stalled(faults_cli(first, *run_args(tmp_path), stall=stall, after=after))
     assert not is_complete(tmp_path / "t.zarr")
     assert (tmp_path / "t.zarr" / INCOMPLETE_KEY).exists()
+    if point == "mid-second-stage":
+        left = [name for _, _, names in os.walk(tmp_path / "tmp.zarr") for name in names]
+        assert 0 < len([n for n in left if n.isdigit()]) < FIRST_WRITES
 
     again = resume_here(source, str(tmp_path / "t.zarr"), str(tmp_path / "tmp.zarr"))
     target = zarr.open_array(tmp_path / "t.zarr", mode="r")
@@ -363,11 +368,11 @@ def interrupted(tmp_path: Path, source: Any, after: int = FIRST + SECOND // 2) -
 
     original = copy_module.copy_region
 
-    def failing(stage: Any, region: Any) -> None:
+    def failing(stage: Any, region: Any, done: Any = None) -> None:
         tasks.append("")
         if len(tasks) > after:
             raise Stop
-        original(stage, region)
+        original(stage, region, done)
 
     copy_module.copy_region = failing
     try:
@@ -659,12 +664,12 @@ def stop_after(tasks: int) -> Iterator[list[str]]:
     started: list[str] = []
     original, lock = copy_module.copy_region, threading.Lock()
 
-    def failing(stage: Any, region: Any) -> None:
+    def failing(stage: Any, region: Any, done: Any = None) -> None:
         with lock:
             started.append(task_name(stage, region))
             if len(started) > tasks:
                 raise Stop
-        original(stage, region)
+        original(stage, region, done)
 
     copy_module.copy_region = failing
     try:

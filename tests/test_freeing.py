@@ -1,0 +1,196 @@
+"""Intermediate chunks freed as soon as read: what goes, what stays, and what a task
+run twice, a kept temp store and a resumed run see.
+
+A stage after the first deletes, once a task is recorded in its journal, the
+intermediate chunks that task's region holds whole (no other task reads
+them). The source of every test is read-only and hashed (``frozen_source``);
+every target is compared with its source element by element.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy.testing as npt
+import pytest
+import zarr
+from zarr.storage import MemoryStore
+
+from rechunker_core import CopySpec, is_complete, rechunk
+from rechunker_core.algorithm import plan_layout
+from rechunker_core.copy import Batch, copy_region, run_batch
+from rechunker_core.geometry import Region
+from rechunker_core.storage import ZarrRef
+from tests.helpers import snapshot
+
+Source = Callable[..., Any]
+Coords = tuple[int, ...]
+
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (60, 48), (60, 1), (1, 48)
+#: Second-stage tasks hold whole intermediate chunks: (5, 48) tasks, (5, 3) chunks.
+ALIGNED = 1400
+#: Second-stage tasks of (2, 48) cut through every (15, 6) intermediate chunk.
+STRADDLING = 1120
+
+
+def test_the_two_plans_are_what_the_tests_say() -> None:
+    for max_mem, held in [(ALIGNED, True), (STRADDLING, False)]:
+        first, second = plan_layout(SHAPE, 4, SOURCE_CHUNKS, TARGET_CHUNKS, max_mem).stages
+        aligned = all(t % c == 0 for t, c in zip(second.task_chunks, first.write_chunks))
+        assert aligned is held, (max_mem, first, second)
+
+
+def plan(tmp_path: Path, source: zarr.Array, max_mem: int, **options: Any) -> Any:
+    return rechunk(
+        source,
+        TARGET_CHUNKS,
+        max_mem,
+        str(tmp_path / "t.zarr"),
+        temp_store=str(tmp_path / "tmp.zarr"),
+        executor="python",
+        **options,
+    )
+
+
+def all_chunks(ref: ZarrRef) -> list[Coords]:
+    counts = [-(-n // c) for n, c in zip(ref.shape, ref.chunks, strict=True)]
+    return list(itertools.product(*map(range, counts)))
+
+
+def stored(ref: ZarrRef) -> set[Coords]:
+    """The chunks of ``ref`` (a local array) that are files on disk."""
+    root, key = ref.location.local_path, ref.open().metadata.encode_chunk_key
+    assert root is not None
+    return {c for c in all_chunks(ref) if (root / key(c)).is_file()}
+
+
+def held_whole(region: Region, ref: ZarrRef) -> set[Coords]:
+    """The chunks of ``ref`` lying wholly inside ``region``, box against box."""
+    found = set()
+    for coords in all_chunks(ref):
+        box = [
+            (i * c, min((i + 1) * c, n))
+            for i, c, n in zip(coords, ref.chunks, ref.shape, strict=True)
+        ]
+        if all(r.start <= lo and hi <= r.stop for (lo, hi), r in zip(box, region, strict=True)):
+            found.add(coords)
+    return found
+
+
+@pytest.mark.parametrize("max_mem", [ALIGNED, STRADDLING])
+def test_each_task_frees_exactly_the_chunks_it_alone_read(
+    tmp_path: Path, frozen_source: Source, max_mem: int
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, max_mem)
+    first, second = rechunked.spec[0].stages
+    assert second.frees_source and not first.frees_source
+    run_batch(Batch(first, range(first.num_tasks)))
+    intermediate = first.target
+    everything = set(all_chunks(intermediate))
+    assert stored(intermediate) == everything  # the sample data holds no empty chunk
+
+    freed: set[Coords] = set()
+    for task in range(second.num_tasks):
+        run_batch(Batch(second, range(task, task + 1)))
+        freed |= held_whole(second.task_region(task), intermediate)
+        assert stored(intermediate) == everything - freed, task
+    if max_mem == ALIGNED:
+        assert freed == everything
+    else:
+        assert freed == set()  # every chunk has two readers: the last step deletes them
+
+    target = rechunked.execute()  # the journals say every task is done: only the last step
+    npt.assert_array_equal(target[...], source[...])
+    assert is_complete(tmp_path / "t.zarr") and not (tmp_path / "tmp.zarr").exists()
+
+
+def test_a_task_run_twice_keeps_what_the_first_run_wrote(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine may run a task again while its first run frees the chunks it read
+    (a worker thought dead, a retried bundle): the second run finds some of them
+    absent, sees the task recorded, and writes nothing."""
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    task = 1
+    region = second.task_region(task)
+    held = sorted(held_whole(region, first.target))
+    columns = region[1]
+    half = (region[0], slice(columns.start, (columns.start + columns.stop) // 2))
+    # The first run is caught halfway through freeing: half its chunks are gone
+    # (and every run here frees only that half).
+    freeing = ZarrRef.free
+    monkeypatch.setattr(ZarrRef, "free", lambda ref, _: freeing(ref, half))
+    run_batch(Batch(second, range(task, task + 1)))
+    left = stored(first.target) & set(held)
+    assert 0 < len(left) < len(held)
+
+    run_batch(Batch(second, range(task, task + 1)))  # again, as an engine without recheck would
+    target = second.target.open()
+    npt.assert_array_equal(target[region], source[region])
+
+    # Without the look at the journal, the second run would have written the fill value
+    # where the first had freed the chunks it read.
+    copy_region(second, region)
+    assert (target[region] == source[region]).any()
+    assert (target[region] != source[region]).any()
+
+
+def test_chunks_absent_for_being_empty_are_read_as_the_fill_value(
+    tmp_path: Path, make_array: Any
+) -> None:
+    """A stage that frees its source also meets chunks never written (all fill value):
+    its journal does not record the task, so the task writes them as read."""
+    made = make_array(str(tmp_path / "s.zarr"), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    made[:, : SHAPE[1] // 2] = 0
+    source = zarr.open_array(str(tmp_path / "s.zarr"), mode="r")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first = rechunked.spec[0].stages[0]
+    run_batch(Batch(first, range(first.num_tasks)))
+    assert 0 < len(stored(first.target)) < len(all_chunks(first.target))
+    npt.assert_array_equal(rechunked.execute()[...], source[...])
+
+
+def test_keep_temp_keeps_every_intermediate_chunk(tmp_path: Path, frozen_source: Source) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED, keep_temp=True)
+    stages = rechunked.spec[0].stages
+    assert not any(stage.frees_source for stage in stages)
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+    intermediate = stages[0].target
+    assert stored(intermediate) == set(all_chunks(intermediate))
+    npt.assert_array_equal(intermediate.open()[...], source[...])
+
+
+def test_memory_intermediates_are_left_to_the_last_step(frozen_source: Source) -> None:
+    """Freeing is for local directories: elsewhere each deletion is a request, and the
+    last step deletes the whole intermediate at once."""
+    source = frozen_source(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    temp = MemoryStore()
+    rechunked = rechunk(
+        source, TARGET_CHUNKS, ALIGNED, MemoryStore(), temp_store=temp, executor="python"
+    )
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    before = snapshot(temp)
+    run_batch(Batch(second, range(second.num_tasks)))
+    assert second.frees_source and snapshot(temp) == before
+    npt.assert_array_equal(rechunked.execute()[...], source[...])
+    assert snapshot(temp) == {}
+
+
+def test_a_spec_that_frees_its_source_must_keep_a_journal(
+    tmp_path: Path, frozen_source: Source
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    second = plan(tmp_path, source, ALIGNED).spec[0].stages[1]
+    assert CopySpec.from_dict(second.to_dict()) == second
+    with pytest.raises(ValueError, match="frees_source needs a zarr source and a journal"):
+        CopySpec(second.source, second.target, second.task_chunks, None, frees_source=True)

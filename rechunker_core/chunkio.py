@@ -700,6 +700,11 @@ class ChunkIO:
             coords = _held_chunk_coords(region, self.chunks, self.shape)
             self._store.delete_many(self._key(c) for c in coords)
 
+    @property
+    def can_free(self) -> bool:
+        """Whether :meth:`free` deletes anything here."""
+        return isinstance(self._store, _LocalChunks)
+
     def omits(self, fill_value: Any) -> bool:
         """Whether chunks holding only ``fill_value`` are left out (and read back as it)."""
         if not self.skip_empty:

@@ -115,12 +115,18 @@ def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None
         blocks = Blocks(region, chunks, buffer, dtype)
         if not isinstance(source, ZarrRef):
             source.read_into(region, blocks)
-        elif source.read_counting(region, blocks) and stage.frees_source and done and done():
+        elif source.read_counting(region, blocks) and _freed(stage, source, done):
             return
         stage.target.write(region, blocks)
     finally:
         if buffer is not None:
             REGIONS.give(buffer)
+
+
+def _freed(stage: CopySpec, source: ZarrRef, done: Callable[[], bool] | None) -> bool:
+    """Whether chunks found absent in ``source`` may be ones another run of the task
+    freed (and that run has finished): they are never only empty there."""
+    return stage.frees_source and source.can_free() and done is not None and done()
 
 
 @dataclass(frozen=True)
@@ -176,8 +182,9 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
 
 
 def _recorded(stage: CopySpec, task: int) -> bool:
-    """Whether the journal of ``stage`` records ``task`` now (read whole, not as last seen)."""
-    done = finished(stage.journal, stage.grid, stage.target.retry)
+    """Whether the journal of ``stage`` records ``task`` now: what was recorded since
+    this process last looked is read, not only what it saw then."""
+    done = finished(stage.journal, stage.grid, stage.target.retry, follow=True, fresh=True)
     return not any(True for _ in done.missing(task, task + 1))
 
 

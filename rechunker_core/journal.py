@@ -254,6 +254,7 @@ def finished(
     policy: RetryPolicy | None = None,
     *,
     follow: bool = False,
+    fresh: bool = False,
 ) -> TaskSet:
     """The tasks of a stage (numbered over ``grid``) recorded as done, by any process of any run.
 
@@ -263,13 +264,14 @@ def finished(
     run a batch again (after a worker died, or as a retry): they skip what
     another process finished. At most :data:`FOLLOW_SECONDS` old, so a task
     finished since may be done twice; reading costs only what was recorded
-    since the last look.
+    since the last look. ``fresh`` (with ``follow``): look now, however recent
+    the last look, for a reader that must see every record made before it asked.
     """
     if ref is None:
         return _NOTHING
     fp, num_tasks = grid_fingerprint(grid, ref.job), grid.num_tasks
     if follow:
-        return _followed(ref, fp, num_tasks, policy)
+        return _followed(ref, fp, num_tasks, policy, fresh)
     found = retrying(
         lambda: _read_all(ref.location), f"reading the journal {ref.location.describe()}", policy
     )
@@ -328,9 +330,9 @@ class _Follower:
         self._starts, self._stops = np.zeros(0, np.int64), np.zeros(0, np.int64)
         self._due, self._lock = 0.0, threading.Lock()
 
-    def done(self, num_tasks: int) -> TaskSet:
+    def done(self, num_tasks: int, fresh: bool = False) -> TaskSet:
         with self._lock:
-            if time.monotonic() >= self._due:
+            if fresh or time.monotonic() >= self._due:
                 pairs, writers = retrying(
                     self._read_new, f"reading the journal {self._location.describe()}", self._policy
                 )
@@ -406,7 +408,9 @@ async def _get_all(store: Any, keys: list[str]) -> list[bytes]:
 _followers: OrderedDict[tuple[Any, ...], _Follower] = OrderedDict()
 
 
-def _followed(ref: JournalRef, fp: bytes, num_tasks: int, policy: RetryPolicy | None) -> TaskSet:
+def _followed(
+    ref: JournalRef, fp: bytes, num_tasks: int, policy: RetryPolicy | None, fresh: bool
+) -> TaskSet:
     """:func:`finished` ``(follow=True)``: this process's incrementally read view."""
     key = (os.getpid(), *ref.location.key, fp)
     with _writers_lock:
@@ -416,7 +420,7 @@ def _followed(ref: JournalRef, fp: bytes, num_tasks: int, policy: RetryPolicy | 
             while len(_followers) > MAX_RECORDERS:
                 _followers.popitem(last=False)
         _followers.move_to_end(key)
-    return follower.done(num_tasks)
+    return follower.done(num_tasks, fresh)
 
 
 class Recorder(Protocol):

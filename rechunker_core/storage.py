@@ -124,6 +124,11 @@ class ZarrRef:
         if opened.io is not None:
             opened.io.free(region)
 
+    def can_free(self) -> bool:
+        """Whether :meth:`free` deletes anything from this array."""
+        opened = self._opened("r")
+        return opened.io is not None and opened.io.can_free
+
     def read(self, region: Region) -> np.ndarray[Any, Any]:
         """Read ``region`` into a new numpy array.
 

@@ -158,6 +158,21 @@ def test_a_follower_sees_what_other_writers_recorded_since(
     assert finished(ref, grid, follow=True).ranges == finished(ref, grid).ranges
 
 
+@pytest.mark.parametrize("kind", ["file", "object"])
+def test_a_fresh_look_sees_records_made_since_a_recent_one(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "FOLLOW_SECONDS", 3600.0)
+    ref = journal_at(kind, tmp_path)
+    grid = TaskGrid((100, 1), (1, 1))
+    theirs = recorder(JournalRef(ref.location, "other run"), grid)
+    assert finished(ref, grid, follow=True).ranges == []
+    theirs.add(4)
+    theirs.commit()
+    assert finished(ref, grid, follow=True).ranges == []  # the last look is recent enough
+    assert finished(ref, grid, follow=True, fresh=True).ranges == [(4, 5)]
+
+
 def test_records_of_another_job_in_the_same_place_never_count(tmp_path: Path) -> None:
     first = journal_at("file", tmp_path)
     journal = recorder(first, GRID)

@@ -10,6 +10,7 @@ every target is compared with its source element by element.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,33 @@ def test_a_spec_that_frees_its_source_must_keep_a_journal(
     assert CopySpec.from_dict(second.to_dict()) == second
     with pytest.raises(ValueError, match="frees_source needs a zarr source and a journal"):
         CopySpec(second.source, second.target, second.task_chunks, None, frees_source=True)
+
+
+@pytest.mark.parametrize("spelling", ["relative", "trailing-slash", "symlinked-parent"])
+def test_freeing_deletes_only_the_runs_chunks_however_the_temp_is_spelled(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """The temp store holds the user's own files beside the run's intermediate; the
+    stages free their chunks and the last step deletes the rest, and the user's
+    files, the source and the target are what they should be."""
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "notes.txt").write_text("mine")
+    (tmp_path / "scratch" / "0").write_text("also mine")  # named like a chunk
+    (tmp_path / "link").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    temp = {
+        "relative": "scratch",
+        "trailing-slash": f"{tmp_path}/scratch/",
+        "symlinked-parent": str(tmp_path / "link" / "scratch"),
+    }[spelling]
+    rechunked = rechunk(
+        source, TARGET_CHUNKS, ALIGNED, "t.zarr", temp_store=temp, executor="python"
+    )
+    spec = rechunked.spec[0]
+    assert spec.stages[1].frees_source
+    assert spec.stages[1].source.location in spec.cleanup  # only what the run deletes anyway
+    npt.assert_array_equal(rechunked.execute()[...], source[...])
+    assert sorted(os.listdir(tmp_path / "scratch")) == ["0", "notes.txt"]
+    assert (tmp_path / "scratch" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "scratch" / "0").read_text() == "also mine"

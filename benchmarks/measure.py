@@ -37,11 +37,32 @@ class Usage:
     cpu: float = math.nan
     peak_rss: int = 0
     baseline_rss: int = 0
+    #: ``(time.perf_counter(), CPU seconds so far)`` at each sample of the timed part.
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def cpu_util(self) -> float:
         """CPU seconds of the tree per wall second: 2.0 is both cores busy."""
         return self.cpu / self.wall if self.wall > 0 else math.nan
+
+    def cpu_util_between(self, start: float, end: float) -> float:
+        """The tree's CPU utilisation from ``start`` to ``end`` (``perf_counter`` times).
+
+        CPU seconds at each end are interpolated between the samples around
+        it; NaN for a window shorter than four samples, where the sampling
+        step would dominate.
+
+        >>> Usage(timeline=[(0.0, 0.0), (1.0, 1.0), (2.0, 3.0), (3.0, 5.0)]).cpu_util_between(
+        ...     0.5, 2.5)
+        1.75
+        """
+        times = [t for t, _ in self.timeline]
+        if len(times) < 4 or end <= start or sum(start <= t <= end for t in times) < 4:
+            return math.nan
+        cpu = [c for _, c in self.timeline]
+        return (float(np.interp(end, times, cpu)) - float(np.interp(start, times, cpu))) / (
+            end - start
+        )
 
 
 @dataclass
@@ -95,6 +116,7 @@ class TreeMonitor:
         self._last_cpu: dict[ProcessKey, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-monitor", daemon=True)
+        self.timeline: list[tuple[float, float]] = []
 
     def sample(self) -> int:
         """Record the tree's CPU times and return its RSS in bytes (nothing subtracted)."""
@@ -115,18 +137,23 @@ class TreeMonitor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.sample())
+            self._tick()
+
+    def _tick(self) -> None:
+        self.peak = max(self.peak, self.sample())
+        self.timeline.append((time.perf_counter(), self.cpu_seconds))
 
     def __enter__(self) -> TreeMonitor:
         self.peak = self.sample()
         self._start_cpu = dict(self._last_cpu)
+        self.timeline = [(time.perf_counter(), 0.0)]
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.sample())
+        self._tick()
 
     @property
     def cpu_seconds(self) -> float:
@@ -146,6 +173,7 @@ def measured(usage: Usage) -> Iterator[None]:
         usage.wall = time.perf_counter() - start
     usage.cpu = monitor.cpu_seconds
     usage.peak_rss = monitor.peak
+    usage.timeline = monitor.timeline
 
 
 def release_memory() -> None:

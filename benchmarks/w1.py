@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,41 @@ from workloads import create_like, dimension_names, same_encoding
 
 class Skip(Exception):
     """Raised by a case that cannot run here (its engine is not installed)."""
+
+
+class StageClock:
+    """A progress listener of ours that notes when the stages run.
+
+    ``started`` is when the executor began the plan (after planning and
+    creating the arrays); ``ends[i]`` is when the last task of round ``i``
+    finished. The window between them is "during the stages"; what follows
+    it (deleting what is left of the intermediates) is not.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.ends: list[float | None] = []
+        self._left: list[int] = []
+
+    def start(self, rounds: Sequence[Any]) -> None:
+        self.started = time.perf_counter()
+        self.ends = [None] * len(rounds)
+        self._left = [r.tasks for r in rounds]
+
+    def advance(self, round_number: int, tasks: int, nbytes: int) -> None:
+        self._left[round_number] -= tasks
+        if self._left[round_number] <= 0 and self.ends[round_number] is None:
+            self.ends[round_number] = time.perf_counter()
+
+    def close(self) -> None:
+        pass
+
+    def windows(self) -> list[tuple[float, float]]:
+        """``(start, end)`` of each round, each starting when the one before ended."""
+        if self.started is None or not self.ends or None in self.ends:
+            return []
+        bounds = [self.started, *(end for end in self.ends if end is not None)]
+        return list(itertools.pairwise(bounds))
 
 
 def need(module: str) -> Any:
@@ -58,6 +95,7 @@ class Context:
     source_path: Path
     work_dir: Path
     notes: list[str] = field(default_factory=list)
+    clock: StageClock = field(default_factory=StageClock)
 
     @property
     def target_path(self) -> Path:
@@ -108,7 +146,7 @@ def rechunk_into(ctx: Context, executor: Any, **execute: Any) -> zarr.Array[Any]
         target_options=same_encoding(ctx.source),
         temp_store=str(ctx.temp_path),
         executor=executor,
-    ).execute(**execute)
+    ).execute(progress=ctx.clock, **execute)
     assert isinstance(target, zarr.Array)
     return target
 
@@ -304,7 +342,7 @@ def xarray_case(ctx: Context) -> Iterator[RunFn]:
                 target_options=same_encoding(ctx.source),
                 temp_store=str(ctx.temp_path),
                 executor=executor,
-            ).execute()
+            ).execute(progress=ctx.clock)
         assert isinstance(group, zarr.Group)
         array = group["temperature"]
         assert isinstance(array, zarr.Array)

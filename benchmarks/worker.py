@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -51,7 +52,23 @@ def run_w1(job: Job, work_dir: Path) -> Outcome:
             target = run()
         outcome.checked(source, target)
     outcome.notes += ctx.notes
+    stage_cpu(outcome, ctx.clock.windows())
     return outcome
+
+
+def stage_cpu(outcome: Outcome, windows: list[tuple[float, float]]) -> None:
+    """Add the CPU utilisation during the stages, whole and per stage (ours only)."""
+    if not windows:
+        return
+    usage = outcome.usage
+
+    def util(start: float, end: float) -> float | None:
+        value = usage.cpu_util_between(start, end)
+        return None if math.isnan(value) else value
+
+    outcome.extra["stages_s"] = windows[-1][1] - windows[0][0]
+    outcome.extra["stages_cpu_util"] = util(windows[0][0], windows[-1][1])
+    outcome.extra["stage_cpu_utils"] = [util(*w) for w in windows]
 
 
 def prepare(job: Job, work_dir: Path) -> Outcome:

@@ -25,13 +25,22 @@ array reads only what stage 0 of that same array wrote.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from rechunker_core.copy import Batch, Round, Tracker, finish, least_batch_size, run_batch
+from rechunker_core.copy import (
+    Batch,
+    Round,
+    Tracker,
+    finish,
+    least_batch_size,
+    run_batch,
+    running_here,
+)
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import CopySpec, StagedCopySpec
 
@@ -123,21 +132,23 @@ class DaskExecutor:
         """
         dask = import_engine("dask", "dask")
         kwargs = {**self.compute_kwargs, **kwargs}
-        if progress is None:
-            dask.compute(plan, **kwargs)
-            return
-        client = _client(kwargs.get("scheduler"))
-        if client is not None:
+        client = None if progress is None else _client(kwargs.get("scheduler"))
+        if client is not None and progress is not None:
             _follow_futures(client, plan, progress)
             return
-        callbacks = import_engine("dask.callbacks", "dask")
+        here = not _uses_other_processes(kwargs.get("scheduler"))
+        with running_here() if here else contextlib.nullcontext():
+            if progress is None:
+                dask.compute(plan, **kwargs)
+                return
+            callbacks = import_engine("dask.callbacks", "dask")
 
-        def posttask(key: Any, result: Any, *state: Any) -> None:
-            if (round_number := _copy_round(key)) is not None:
-                progress.finished(result, round_number)
+            def posttask(key: Any, result: Any, *state: Any) -> None:
+                if (round_number := _copy_round(key)) is not None:
+                    progress.finished(result, round_number)
 
-        with callbacks.Callback(posttask=posttask):
-            dask.compute(plan, **kwargs)
+            with callbacks.Callback(posttask=posttask):
+                dask.compute(plan, **kwargs)
 
 
 def _copy_round(key: Any) -> int | None:

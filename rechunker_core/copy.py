@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import FREED_MEMORY, REGIONS
+from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS
 from rechunker_core.geometry import Region
 from rechunker_core.journal import (
     TaskSet,
@@ -566,7 +566,7 @@ def run_local(
     ``progress``: a :class:`Tracker`, or what a new one reports to.
     """
     tracker = as_tracker(specs, progress)
-    with FREED_MEMORY.kept():
+    with running_here():
         if workers <= 1:
             for round_ in rounds(specs):
                 for batch in round_.tasks():
@@ -577,6 +577,18 @@ def run_local(
                     for copied in _bounded(pool, round_.tasks(), 2 * workers):
                         tracker.finished(copied, round_.number)
     finish(specs)
+
+
+@contextmanager
+def running_here() -> Iterator[None]:
+    """Around a run whose tasks all run in this process, and which ends here too.
+
+    Freed heap memory is kept for reuse (:data:`~rechunker_core.chunkio.FREED_MEMORY`)
+    and freed intermediate chunks are deleted on a thread of their own
+    (:data:`~rechunker_core.chunkio.DELETIONS`); the block ends once they are gone.
+    """
+    with FREED_MEMORY.kept(), DELETIONS.deferred():
+        yield
 
 
 def count_done(specs: Sequence[StagedCopySpec], tracker: Tracker) -> None:
@@ -613,8 +625,12 @@ def finish(specs: Iterable[StagedCopySpec]) -> None:
     before its data (a half-deleted intermediate is never taken as done), and
     the target's journal only after its marker (until then a resumed run sees
     its last stage done, and copies nothing again).
+
+    Intermediate chunks freed on this process's deleting thread are gone
+    first (:data:`~rechunker_core.chunkio.DELETIONS`).
     """
     specs = tuple(specs)
+    DELETIONS.flush()
     for spec in specs:
         policy = spec.target.retry
         for stage in spec.stages[:-1]:

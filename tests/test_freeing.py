@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,10 @@ import pytest
 import zarr
 from zarr.storage import MemoryStore
 
-from rechunker_core import CopySpec, is_complete, rechunk
+from rechunker_core import CopySpec, chunkio, is_complete, rechunk
 from rechunker_core.algorithm import plan_layout
-from rechunker_core.copy import Batch, copy_region, run_batch
+from rechunker_core.chunkio import DELETIONS
+from rechunker_core.copy import Batch, copy_region, finish, run_batch
 from rechunker_core.geometry import Region
 from rechunker_core.storage import ZarrRef
 from tests.helpers import snapshot
@@ -51,8 +55,7 @@ def plan(tmp_path: Path, source: zarr.Array, max_mem: int, **options: Any) -> An
         max_mem,
         str(tmp_path / "t.zarr"),
         temp_store=str(tmp_path / "tmp.zarr"),
-        executor="python",
-        **options,
+        **({"executor": "python"} | options),
     )
 
 
@@ -225,3 +228,129 @@ def test_freeing_deletes_only_the_runs_chunks_however_the_temp_is_spelled(
     assert sorted(os.listdir(tmp_path / "scratch")) == ["0", "notes.txt"]
     assert (tmp_path / "scratch" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "scratch" / "0").read_text() == "also mine"
+
+
+# Deletions on a thread of their own ---------------------------------------------
+
+
+def deleting_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that delete chunk files from now on (the real deletion runs)."""
+    names: list[str] = []
+    real = chunkio._LocalChunks._delete
+
+    def spy(self: Any, key: str) -> None:
+        names.append(threading.current_thread().name)
+        real(self, key)
+
+    monkeypatch.setattr(chunkio._LocalChunks, "_delete", spy)
+    return names
+
+
+def test_deferred_frees_are_gone_at_each_flush_and_when_the_block_ends(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    intermediate = first.target
+    everything = set(all_chunks(intermediate))
+    names = deleting_threads(monkeypatch)
+    freed: set[Coords] = set()
+    with DELETIONS.deferred():
+        for task in range(second.num_tasks - 1):
+            run_batch(Batch(second, range(task, task + 1)))
+            freed |= held_whole(second.task_region(task), intermediate)
+            DELETIONS.flush()
+            assert stored(intermediate) == everything - freed, task
+        run_batch(Batch(second, range(second.num_tasks - 1, second.num_tasks)))
+    assert stored(intermediate) == set()  # the block waited for the last task's deletions
+    assert names and set(names) == {"rechunk-delete"}
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+
+
+@pytest.mark.parametrize("executor", ["threads", "dask-threads"])
+def test_in_process_executors_free_on_the_deleting_thread(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch, executor: str
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    if executor == "dask-threads":
+        pytest.importorskip("dask")
+        from rechunker_core.executors.dask import DaskExecutor
+
+        chosen: Any = DaskExecutor(scheduler="threads", num_workers=2)
+    else:
+        chosen = executor
+    names = deleting_threads(monkeypatch)
+    rechunked = plan(tmp_path, source, ALIGNED, executor=chosen)
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+    assert names and set(names) == {"rechunk-delete"}
+    assert not (tmp_path / "tmp.zarr").exists() and is_complete(tmp_path / "t.zarr")
+    assert DELETIONS.pending is None  # the thread stopped with the run
+
+
+def test_a_deferred_deletion_that_fails_is_raised_by_the_next_flush() -> None:
+    def fails() -> None:
+        raise OSError(5, "the disk went away")
+
+    done: list[int] = []
+    with pytest.raises(OSError, match="the disk went away"), DELETIONS.deferred():
+        DELETIONS.run(fails)
+        DELETIONS.run(lambda: done.append(1))
+        with pytest.raises(OSError, match="the disk went away"):
+            DELETIONS.flush()
+        assert done == [1]  # a failure does not stop the deletions after it
+        DELETIONS.run(fails)
+    DELETIONS.flush()  # raised once, by the block's end: nothing left over
+    with DELETIONS.deferred():
+        pass  # a later run does not inherit an error
+
+
+def test_a_run_that_raises_keeps_its_own_error_and_forgets_the_deletions() -> None:
+    def fails() -> None:
+        raise OSError(5, "the disk went away")
+
+    with pytest.raises(KeyError, match="the run's own"), DELETIONS.deferred():
+        DELETIONS.run(fails)
+        raise KeyError("the run's own")
+    with DELETIONS.deferred():
+        pass
+
+
+def test_outside_a_run_deletions_happen_at_once() -> None:
+    done: list[str] = []
+    DELETIONS.run(lambda: done.append(threading.current_thread().name))
+    assert done == [threading.current_thread().name] and DELETIONS.pending is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_deletes_at_once(tmp_path: Path) -> None:
+    """A child forked during a run has no deleting thread: it must not queue for one."""
+    victim = tmp_path / "chunk"
+    victim.write_bytes(b"x")
+    with DELETIONS.deferred(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+        if pid == 0:  # the child: exits without returning to pytest
+            DELETIONS.run(victim.unlink)
+            os._exit(0 if not victim.exists() and DELETIONS.pending is None else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_last_step_waits_for_the_deletions_queued_before_it() -> None:
+    """``finish`` deletes the intermediates; a queued free must not race it."""
+    started, done = threading.Event(), []
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.2)
+        done.append(1)
+
+    with DELETIONS.deferred():
+        DELETIONS.run(slow)
+        assert started.wait(10)
+        finish(())
+        assert done == [1]

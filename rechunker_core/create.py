@@ -546,6 +546,8 @@ class _PlannedArray:
     dtype: Any
     chunks: tuple[int, ...]
     kwargs: Mapping[str, Any]  # zarr.create_array keywords (:func:`_create_kwargs`)
+    #: The user's options these keywords came from, for an error: (name, options).
+    given: tuple[str, Mapping[str, Any]] = ("target_options", {})
 
     def create(self, *, resume: bool = False) -> ZarrRef:
         """Create the array; when resuming, open the one already there (it must fit the plan)."""
@@ -575,25 +577,36 @@ class _PlannedArray:
             )
 
     def _create_in(self, store: Any) -> zarr.Array[Any]:
-        return zarr.create_array(
-            store=store,
-            name=self.location.path or None,
-            shape=self.shape,
-            dtype=self.dtype,
-            chunks=self.chunks,
-            **self.kwargs,
-        )
+        try:
+            return zarr.create_array(
+                store=store,
+                name=self.location.path or None,
+                shape=self.shape,
+                dtype=self.dtype,
+                chunks=self.chunks,
+                **self.kwargs,
+            )
+        except (TypeError, ValueError) as error:
+            # zarr's own words ("'Blosc' object is not iterable") rarely name the option.
+            name, options = self.given
+            raise ValueError(
+                f"zarr cannot create the {'target' if name == 'target_options' else 'intermediate'}"
+                f" array (Zarr format {self.kwargs.get('zarr_format')}, chunks {self.chunks}) "
+                f"with {name}={dict(options)!r}: {type(error).__name__}: {error}"
+            ) from error
 
 
 def _planned_arrays(job: ArrayJob, dest: Destination, fmt: ZarrFormat) -> list[_PlannedArray]:
     """The arrays a job creates: its target, then its intermediates."""
     shape, dtype = job.array.ref.shape, job.array.ref.dtype
     kwargs = _create_kwargs(job.array, {**job.options.target, "zarr_format": fmt}, fmt)
-    planned = [_PlannedArray(job.target, shape, dtype, job.target_chunks, kwargs)]
+    target = ("target_options", job.options.target)
+    planned = [_PlannedArray(job.target, shape, dtype, job.target_chunks, kwargs, target)]
     for i, chunks in enumerate(job.layout.intermediate_chunks, start=1):
         temp_kwargs = {**_create_kwargs(job.array, dict(job.options.temp), fmt), "attributes": {}}
         location = dest.intermediate(job.name, i)
-        planned.append(_PlannedArray(location, shape, dtype, chunks, temp_kwargs))
+        given = ("temp_options", job.options.temp)
+        planned.append(_PlannedArray(location, shape, dtype, chunks, temp_kwargs, given))
     return planned
 
 

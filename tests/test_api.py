@@ -11,6 +11,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -417,7 +418,17 @@ def test_bad_input_writes_nothing(
 ZARR_REJECTS = [
     ({"target_options": {"zarr_format": 2, "shards": (1, 36)}}, ValueError, "shard"),
     ({"target_options": {"fill_value": "abc"}}, ValueError, "abc"),
-    ({"temp_options": {"compressors": "not-a-codec"}, "max_mem": 2000}, TypeError, "Codec"),
+    (
+        {"temp_options": {"compressors": "not-a-codec"}, "max_mem": 2000},
+        ValueError,
+        r"intermediate array .* with temp_options=\{'compressors': 'not-a-codec'\}: .*Codec",
+    ),
+    (
+        # A numcodecs codec on a Zarr format 3 array: zarr says "'Blosc' object is not iterable"
+        {"target_options": {"zarr_format": 3, "compressors": numcodecs.Blosc()}},
+        ValueError,
+        r"cannot create the target array \(Zarr format 3, .*target_options=.*Blosc",
+    ),
 ]
 
 

@@ -421,7 +421,8 @@ class _Deletions:
         while (deletion := pending.get()) is not None:
             try:
                 deletion()
-            except Exception as error:  # raised by the next flush, in a run's thread
+            except BaseException as error:  # raised by the next flush, in a run's thread
+                # Even SystemExit: a deleting thread that died would leave flush() waiting.
                 with self._lock:
                     self._errors.append(error)
             finally:

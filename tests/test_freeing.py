@@ -354,3 +354,17 @@ def test_the_last_step_waits_for_the_deletions_queued_before_it() -> None:
         assert started.wait(10)
         finish(())
         assert done == [1]
+
+
+def test_a_deletion_that_exits_does_not_stop_the_deleting_thread() -> None:
+    """Whatever a deletion raises, the thread goes on: a flush must never wait forever."""
+    done: list[int] = []
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit), DELETIONS.deferred():
+        DELETIONS.run(exits)
+        DELETIONS.run(lambda: done.append(1))
+        DELETIONS.flush()
+    assert done == [1]

@@ -154,7 +154,9 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     returned, and the batch returns only once its records are in the store:
     a process killed at any moment leaves unrecorded at most the tasks it
     was running. Then, for a stage that :attr:`~CopySpec.frees_source`, the
-    intermediate chunks those tasks alone read are deleted.
+    intermediate chunks those tasks alone read are deleted. While the batch
+    copies, freed memory stays in the heap for reuse
+    (:data:`~rechunker_core.chunkio.FREED_MEMORY`), in any process.
 
     ``recheck`` is for engines that may run a batch again (dask after a
     worker died, Prefect and Beam retries): tasks the journal already
@@ -168,7 +170,9 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
         done = finished(stage.journal, stage.grid, stage.target.retry, follow=True)
         todo = [range(a, b) for a, b in done.missing(batch.tasks.start, batch.tasks.stop)]
     target = stage.target.location
-    with batch_writes(target.store, target.path, batch.tasks):
+    # Freed heap memory is reused within the batch wherever it runs (worker
+    # processes too): fresh pages cost several times as much on a VM.
+    with FREED_MEMORY.kept(), batch_writes(target.store, target.path, batch.tasks):
         for tasks in todo:
             for task in tasks:
                 copy_region(stage, stage.task_region(task), partial(_recorded, stage, task))

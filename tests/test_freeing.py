@@ -24,6 +24,7 @@ import zarr
 from zarr.storage import MemoryStore
 
 from rechunker_core import CopySpec, chunkio, is_complete, rechunk
+from rechunker_core import copy as copy_module
 from rechunker_core.algorithm import plan_layout
 from rechunker_core.chunkio import DELETIONS
 from rechunker_core.copy import Batch, copy_region, finish, run_batch
@@ -368,3 +369,27 @@ def test_a_deletion_that_exits_does_not_stop_the_deleting_thread() -> None:
         DELETIONS.run(lambda: done.append(1))
         DELETIONS.flush()
     assert done == [1]
+
+
+def test_a_batch_keeps_freed_memory_for_reuse_wherever_it_runs(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process of dask or Beam runs batches outside any run of its own: each
+    batch keeps freed heap memory for reuse while it copies, and gives it back after."""
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    seen: list[int] = []
+    real = copy_module.copy_region
+
+    def spy(*args: Any) -> Any:
+        seen.append(chunkio.FREED_MEMORY._runs)
+        return real(*args)
+
+    monkeypatch.setattr(copy_module, "copy_region", spy)
+    assert chunkio.FREED_MEMORY._runs == 0
+    for stage in rechunked.spec[0].stages:
+        run_batch(Batch(stage, range(stage.num_tasks)))
+    assert seen and all(runs == 1 for runs in seen)
+    assert chunkio.FREED_MEMORY._runs == 0  # given back when the batch ended
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])

@@ -132,8 +132,7 @@ class DaskExecutor:
         """
         dask = import_engine("dask", "dask")
         kwargs = {**self.compute_kwargs, **kwargs}
-        client = None if progress is None else _client(kwargs.get("scheduler"))
-        if client is not None and progress is not None:
+        if progress is not None and (client := _client(kwargs.get("scheduler"))) is not None:
             _follow_futures(client, plan, progress)
             return
         here = not _uses_other_processes(kwargs.get("scheduler"))

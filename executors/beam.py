@@ -15,11 +15,21 @@ worker, over all workers. After the last barrier one element runs
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from rechunker_core.copy import Batch, Feed, Round, Tracker, finish, rounds, run_batch
+from rechunker_core.copy import (
+    Batch,
+    Feed,
+    Round,
+    Tracker,
+    finish,
+    rounds,
+    run_batch,
+    running_here,
+)
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -77,7 +87,12 @@ class BeamExecutor:
         ``progress`` hears of each batch when the workers run on this machine
         (the DirectRunner, in every ``direct_running_mode``): from this
         process directly, from worker processes through a feed file
-        (:meth:`rechunker_core.copy.Tracker.listening`).
+        (:meth:`rechunker_core.copy.Tracker.listening`). When the DirectRunner
+        runs the workers as threads of this process (``direct_running_mode``
+        ``"in_memory"``, the default, or ``"multi_threading"``), every task and
+        the last step run here, as in :func:`rechunker_core.copy.run_local`:
+        freed memory is then reused and freed chunks are deleted off the task
+        threads (:func:`rechunker_core.copy.running_here`).
 
         Raises
         ------
@@ -93,7 +108,8 @@ class BeamExecutor:
         )
         # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
         _ = pipeline | _rechunk_class()(plan.specs, plan.feed)
-        with plan.feed.listening(progress):
+        here = _workers_in_this_process(pipeline)
+        with plan.feed.listening(progress), running_here() if here else contextlib.nullcontext():
             state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the rechunk pipeline ended in state {state}")
@@ -106,6 +122,20 @@ def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:
     if isinstance(options, PipelineOptions):
         return options
     return PipelineOptions(flags=[], **dict(options or {}))
+
+
+def _workers_in_this_process(pipeline: Any) -> bool:
+    """Whether ``pipeline`` runs on the DirectRunner with its workers as threads here."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.direct.direct_runner import (
+        BundleBasedDirectRunner,
+        SwitchingDirectRunner,
+    )
+
+    if not isinstance(pipeline.runner, (SwitchingDirectRunner, BundleBasedDirectRunner)):
+        return False
+    mode = pipeline.options.view_as(DirectOptions).direct_running_mode
+    return mode in ("in_memory", "multi_threading")
 
 
 @cache

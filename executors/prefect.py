@@ -9,11 +9,12 @@ every batch of a stage before it submits the next stage. A last task run deletes
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from rechunker_core.copy import Batch, Feed, Tracker, finish, rounds, run_batch
+from rechunker_core.copy import Batch, Feed, Tracker, finish, rounds, run_batch, running_here
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
 
@@ -88,11 +89,7 @@ class PrefectExecutor:
     @property
     def shares_memory(self) -> bool:
         """Whether the task runner runs tasks in this process (a thread pool)."""
-        if self.task_runner is None:
-            return True
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return isinstance(self.task_runner, ThreadPoolTaskRunner)
+        return self.task_runner is None or _in_this_process(self.task_runner)
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a Prefect flow that runs ``specs`` when called with no arguments."""
@@ -140,11 +137,24 @@ class PrefectExecutor:
     def execute_plan(self, plan: Any, progress: Tracker | None = None, **kwargs: Any) -> None:
         """Run the flow, reporting to ``progress``.
 
-        ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...).
+        ``kwargs`` go to ``plan.with_options`` (``task_runner=``, ...). On a
+        thread pool every task run, the last one too, runs in this process, as
+        in :func:`rechunker_core.copy.run_local`: freed memory is then reused and
+        freed chunks are deleted off the task threads
+        (:func:`rechunker_core.copy.running_here`).
         """
         feed: Feed = getattr(plan.fn, "feed", Feed(None))
-        with feed.listening(progress):
-            (plan.with_options(**kwargs) if kwargs else plan)()
+        flow = plan.with_options(**kwargs) if kwargs else plan
+        here = _in_this_process(flow.task_runner)
+        with feed.listening(progress), running_here() if here else contextlib.nullcontext():
+            flow()
+
+
+def _in_this_process(task_runner: Any) -> bool:
+    """Whether ``task_runner`` runs task runs in this process: a ``ThreadPoolTaskRunner``."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return isinstance(task_runner, ThreadPoolTaskRunner)
 
 
 # The functions Prefect runs.

@@ -271,18 +271,42 @@ def test_deferred_frees_are_gone_at_each_flush_and_when_the_block_ends(
     npt.assert_array_equal(target[...], source[...])
 
 
-@pytest.mark.parametrize("executor", ["threads", "dask-threads"])
-def test_in_process_executors_free_on_the_deleting_thread(
-    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch, executor: str
-) -> None:
-    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
-    if executor == "dask-threads":
+def in_process_executor(name: str, request: pytest.FixtureRequest) -> Any:
+    """The executor ``name`` set to run every task in this process, on two threads."""
+    if name == "dask-threads":
         pytest.importorskip("dask")
         from rechunker_core.executors.dask import DaskExecutor
 
-        chosen: Any = DaskExecutor(scheduler="threads", num_workers=2)
-    else:
-        chosen = executor
+        return DaskExecutor(scheduler="threads", num_workers=2)
+    if name.startswith("beam-"):
+        pytest.importorskip("apache_beam")
+        from rechunker_core.executors.beam import BeamExecutor
+
+        mode = name.removeprefix("beam-").replace("-", "_")
+        return BeamExecutor(options={"direct_running_mode": mode, "direct_num_workers": 2})
+    if name == "prefect-threads":
+        request.getfixturevalue("prefect_harness")
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from rechunker_core.executors.prefect import PrefectExecutor
+
+        return PrefectExecutor(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    return name
+
+
+@pytest.mark.parametrize(
+    "executor",
+    ["threads", "dask-threads", "beam-in-memory", "beam-multi-threading", "prefect-threads"],
+)
+def test_in_process_executors_free_on_the_deleting_thread(
+    tmp_path: Path,
+    frozen_source: Source,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    executor: str,
+) -> None:
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    chosen = in_process_executor(executor, request)
     names = deleting_threads(monkeypatch)
     rechunked = plan(tmp_path, source, ALIGNED, executor=chosen)
     target = rechunked.execute()
@@ -290,6 +314,32 @@ def test_in_process_executors_free_on_the_deleting_thread(
     assert names and set(names) == {"rechunk-delete"}
     assert not (tmp_path / "tmp.zarr").exists() and is_complete(tmp_path / "t.zarr")
     assert DELETIONS.pending is None  # the thread stopped with the run
+
+
+def test_beam_worker_processes_free_where_they_run(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``multi_processing`` the workers free the chunks themselves, at once:
+    this process queues nothing, and everything is gone when the run returns."""
+    pytest.importorskip("apache_beam")
+    from rechunker_core.executors.beam import BeamExecutor
+
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    options = {"direct_running_mode": "multi_processing", "direct_num_workers": 2}
+    names = deleting_threads(monkeypatch)
+    deferred: list[bool] = []
+    real_deferred = DELETIONS.deferred
+
+    def spy() -> Any:
+        deferred.append(True)
+        return real_deferred()
+
+    monkeypatch.setattr(DELETIONS, "deferred", spy)
+    rechunked = plan(tmp_path, source, ALIGNED, executor=BeamExecutor(options=options))
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+    assert names == [] and deferred == []
+    assert not (tmp_path / "tmp.zarr").exists() and is_complete(tmp_path / "t.zarr")
 
 
 def test_a_deferred_deletion_that_fails_is_raised_by_the_next_flush() -> None:

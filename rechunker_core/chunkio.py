@@ -457,7 +457,8 @@ class _LocalChunks:
     def __init__(self, root: Path, retry: RetryPolicy | None) -> None:
         self.root = root
         self.retry = retry
-        self._made: set[Path] = set()
+        self._root = str(root)
+        self._made: set[str] = set()
 
     def _what(self, verb: str, key: str) -> Callable[[], str]:
         return lambda: f"{verb} chunk {key!r} in {self.root}"
@@ -469,12 +470,14 @@ class _LocalChunks:
     def _read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
         view = out.reshape(-1).view(np.uint8).data
         try:
-            with open(self.root / key, "rb", buffering=0) as file:
+            with open(os.path.join(self._root, key), "rb", buffering=0) as file:
                 got = file.readinto(view)
         except FileNotFoundError:
             return False
         if got != len(view):
-            raise OSError(f"chunk {self.root / key} holds {got} bytes, not {len(view)}")
+            raise OSError(
+                f"chunk {os.path.join(self._root, key)} holds {got} bytes, not {len(view)}"
+            )
         return True
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
@@ -484,7 +487,8 @@ class _LocalChunks:
 
     def _read(self, key: str) -> bytes | None:
         try:
-            return (self.root / key).read_bytes()
+            with open(os.path.join(self._root, key), "rb", buffering=0) as file:
+                return file.read()
         except FileNotFoundError:
             return None
 
@@ -494,11 +498,16 @@ class _LocalChunks:
             retrying(partial(self._write, key, data), self._what("writing", key), self.retry)
 
     def _write(self, key: str, data: Any) -> None:
-        path = self.root / key
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+        # Plain strings, not pathlib: pathlib interns every name it parses, and
+        # each write's scratch name is new, so the interpreter's table of
+        # interned strings would keep growing and be reallocated during tasks
+        # (7.7 MB at once in the test suite's process), outside any budget.
+        path = os.path.join(self._root, key)
+        folder, name = os.path.split(path)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        scratch = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.partial")
         try:
             with open(scratch, "wb", buffering=0) as file:
                 view = memoryview(data).cast("B")
@@ -506,7 +515,8 @@ class _LocalChunks:
                     view = view[file.write(view) :]
             os.replace(scratch, path)
         except BaseException:
-            scratch.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
             raise
 
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -518,7 +528,7 @@ class _LocalChunks:
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.root / key)
+            os.unlink(os.path.join(self._root, key))
 
     def any_exists(self, keys: Iterable[str]) -> bool:
         """Whether any of ``keys`` is stored.

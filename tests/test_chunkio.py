@@ -4,6 +4,7 @@ outside zarr's event loop, checked against zarr's own reads and writes."""
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from pathlib import Path
@@ -219,6 +220,33 @@ def test_local_writes_leave_no_partial_files(tmp_path: Path) -> None:
     region = tuple(slice(0, n) for n in SHAPE)
     _ref(store, array).write(region, sample_data(SHAPE, "f4"))
     assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.endswith(".partial")]
+    clear_cache()
+
+
+def test_local_writes_intern_no_scratch_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write goes through a scratch file of a new name. pathlib interns
+    every name it parses, so building those paths with it grew the
+    interpreter's table of interned strings without end, and its reallocation
+    (7.7 MB at once in the suite's process) landed inside tasks, over the
+    plan's peak task memory (tests/test_memory.py)."""
+    store = LocalStore(str(tmp_path / "a.zarr"))
+    array = _array(store, 3, None)
+    ref = _ref(store, array)
+    interned: list[str] = []
+    real_intern = sys.intern
+
+    def spy(name: str) -> str:
+        interned.append(name)
+        return real_intern(name)
+
+    monkeypatch.setattr(sys, "intern", spy)
+    region = tuple(slice(0, n) for n in SHAPE)
+    ref.write(region, sample_data(SHAPE, "f4"))
+    monkeypatch.undo()
+    npt.assert_array_equal(zarr.open_array(store, mode="r")[...], sample_data(SHAPE, "f4"))
+    assert not [name for name in interned if "partial" in name]
     clear_cache()
 
 

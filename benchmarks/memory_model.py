@@ -1,0 +1,268 @@
+"""Is the plan's memory model honest on every executor? (issue 9, goal 5)
+
+For each executor, a fresh process rechunks a W1-like array (float32
+``(2190, 180, 360)``, 568 MB, Blosc lz4, chunks ``(24, 180, 360)`` ->
+``(2190, 10, 10)``) with ``max_mem=64MB`` and measures, per worker, while
+the plan runs:
+
+- the tracemalloc peak (numpy's buffers and encoded chunks), in every
+  process that runs tasks: this one for in-process executors (divided by
+  the workers), each dask worker for the LocalCluster;
+- the peak RSS over the RSS just before the run, sampled every 5 ms (the
+  sum of the worker processes' for the LocalCluster), divided by the workers.
+
+Each case first runs something trivial on its engine, so imports and the
+engine's own start are not counted. Each figure is printed as a share of the
+plan's ``peak task memory``; the goal is 60-100%. The two are measured in
+separate processes: tracemalloc's own records (one per live allocation)
+would count in the RSS.
+
+Usage, from the repository root::
+
+    .venv/bin/python benchmarks/memory_model.py                # every case
+    .venv/bin/python benchmarks/memory_model.py --only threads,dask-distributed
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zarr
+
+SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (2190, 180, 360), (24, 180, 360), (2190, 10, 10)
+MAX_MEM = 64_000_000
+CASES = ("python", "threads", "dask-threads", "dask-distributed", "beam", "prefect")
+DATA = Path(__file__).parent / "data" / "memory-model"
+
+
+def make_source(path: Path) -> zarr.Array[Any]:
+    """The W1-like source, made once: smooth values, so Blosc compresses as on real data."""
+    if (path / ".zarray").exists():
+        return zarr.open_array(str(path), mode="r")
+    compressor = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}
+    array = zarr.create_array(
+        str(path), shape=SHAPE, chunks=SOURCE_CHUNKS, dtype="f4", zarr_format=2,
+        compressors=compressor, overwrite=True,
+    )  # fmt: skip
+    lat = np.linspace(-90, 90, SHAPE[1], dtype="f4")[:, None]
+    lon = np.linspace(0, 360, SHAPE[2], dtype="f4")[None, :]
+    for start in range(0, SHAPE[0], SOURCE_CHUNKS[0]):
+        hours = np.arange(start, min(start + SOURCE_CHUNKS[0], SHAPE[0]), dtype="f4")
+        array[start : start + len(hours)] = (
+            np.cos(np.radians(lat))[None] * 30 + np.sin(hours / 24)[:, None, None] * lon / 36
+        )
+    return array
+
+
+class RssPeak:
+    """The peak summed RSS of ``pids`` over their sum when the block starts."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.processes)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        self.base = self.peak = self._rss()
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def increase(self) -> int:
+        return self.peak - self.base
+
+
+def one() -> int:
+    """The body of the warm-up runs of dask and Prefect."""
+    return 1
+
+
+def _traced_peak() -> int:
+    return tracemalloc.get_traced_memory()[1]
+
+
+@contextlib.contextmanager
+def executor_for(case: str) -> Iterator[tuple[Any, int, Callable[[], list[int]] | None, Any]]:
+    """(executor, workers, worker pids or None for this process, dask client or None)."""
+    if case == "python":
+        yield "python", 1, None, None
+    elif case == "threads":
+        from rechunker_core.executors.threads import ThreadsExecutor
+
+        yield ThreadsExecutor(max_workers=2), 2, None, None
+    elif case == "dask-threads":
+        import dask
+
+        from rechunker_core.executors.dask import DaskExecutor
+
+        dask.compute(dask.delayed(one)(), scheduler="threads")  # imports what a run needs
+        yield DaskExecutor(scheduler="threads", num_workers=2), 2, None, None
+    elif case == "dask-distributed":
+        import distributed
+
+        from rechunker_core.executors.dask import DaskExecutor
+
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            client.run(__import__, "rechunker_core.executors.dask")
+            pids = list(client.run(os.getpid).values())
+            yield DaskExecutor(scheduler=client), 2, lambda: pids, client
+    elif case == "beam":
+        import apache_beam as beam
+
+        from rechunker_core.executors.beam import BeamExecutor
+
+        options = {"direct_running_mode": "multi_threading", "direct_num_workers": 2}
+        # An untimed pipeline first: it imports and starts the runner's machinery.
+        with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(**options)) as p:
+            p | beam.Create([1]) | beam.Map(int)
+        yield BeamExecutor(options=options), 2, None, None
+    elif case == "prefect":
+        home = tempfile.mkdtemp(prefix="rechunk-memory-prefect-")
+        os.environ["PREFECT_HOME"] = home
+        from rechunker_core.executors.prefect import QUIET_SETTINGS
+
+        os.environ.update(QUIET_SETTINGS)
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        import prefect
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from rechunker_core.executors.prefect import PrefectExecutor
+
+        try:
+            prefect.flow(name="warm-up")(one)()  # starts the temporary server, untimed
+            yield PrefectExecutor(task_runner=ThreadPoolTaskRunner(max_workers=2)), 2, None, None
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    else:
+        raise SystemExit(f"unknown case {case!r}; one of {', '.join(CASES)}")
+
+
+def measure(case: str, what: str) -> dict[str, Any]:
+    """Run one case in this process, measuring ``what`` ("traced" or "rss")."""
+    from rechunker_core import rechunk
+
+    source = make_source(DATA / "source.zarr")
+    work = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=DATA))
+    try:
+        with executor_for(case) as (executor, workers, pids, client):
+            plan = rechunk(
+                source, TARGET_CHUNKS, MAX_MEM, str(work / "target.zarr"),
+                temp_store=str(work / "temp.zarr"), executor=executor,
+            )  # fmt: skip
+            rss = RssPeak(pids() if pids else [os.getpid()])
+            traced = what == "traced"
+            if traced and client is not None:
+                client.run(tracemalloc.start)
+            elif traced:
+                tracemalloc.start()
+            start = time.perf_counter()
+            with rss.watching():
+                target = plan.execute()
+            wall = time.perf_counter() - start
+            peak = rss.increase
+            if traced and client is not None:
+                peak = sum(client.run(_traced_peak).values())
+                client.run(tracemalloc.stop)
+            elif traced:
+                peak = _traced_peak()
+                tracemalloc.stop()
+            same = all(
+                np.array_equal(target[i : i + 240], source[i : i + 240])
+                for i in range(0, SHAPE[0], 240)
+            )
+            return {
+                "case": case,
+                "workers": workers,
+                "planned": plan.peak_task_memory,
+                what: peak / workers,
+                "wall": wall,
+                "check": "OK" if same else "DIFFERS",
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | workers | plan's peak task memory MB | tracemalloc peak per worker MB "
+        "| share | RSS increase per worker MB | share | wall s (RSS run) | check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        planned = r["planned"]
+        lines.append(
+            f"| {r['case']} | {r['workers']} | {planned / 1e6:.1f} | {r['traced'] / 1e6:.1f} "
+            f"| {r['traced'] / planned:.0%} | {r['rss'] / 1e6:.1f} | {r['rss'] / planned:.0%} "
+            f"| {r['wall']:.2f} | {r['check']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
+    args = parser.parse_args(argv)
+    DATA.mkdir(parents=True, exist_ok=True)
+    if args.case:
+        case, what = args.case.split(":")
+        print(json.dumps(measure(case, what)))
+        return 0
+    make_source(DATA / "source.zarr")
+    results = []
+    for case in args.only.split(","):
+        result: dict[str, Any] = {}
+        for what in ("traced", "rss"):
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", f"{case}:{what}"],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode:
+                print(f"{case} ({what}): failed\n{done.stderr[-3000:]}", file=sys.stderr)
+                break
+            one = json.loads(done.stdout.strip().splitlines()[-1])
+            checks = {result.get("check", "OK"), one["check"]}
+            result.update(one, check="OK" if checks == {"OK"} else "DIFFERS")
+        else:
+            results.append(result)
+            print(f"{case}: done", file=sys.stderr)
+    print(table(results))
+    return 0 if all(r["check"] == "OK" for r in results) and results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

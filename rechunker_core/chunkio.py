@@ -228,8 +228,11 @@ class BufferPool:
                 if nbytes <= b.nbytes <= nbytes + self.SLACK
             ]
             buffer = self._free.pop(fits[0])[1] if fits else None
-            if buffer is None:
+            dropped = buffer is None and bool(self._free)
+            if dropped:
                 self._free.clear()  # freed before the new buffer is made
+        if dropped:
+            FREED_MEMORY.give_back()
         if buffer is None:
             buffer = np.empty(nbytes, np.uint8)
         return buffer[:nbytes].view(dtype).reshape(shape)
@@ -252,10 +255,14 @@ class BufferPool:
     def _trim(self) -> None:
         with self._lock:
             now = time.monotonic()
-            self._free = [(t, b) for t, b in self._free if now - t < self.IDLE_SECONDS]
+            kept = [(t, b) for t, b in self._free if now - t < self.IDLE_SECONDS]
+            dropped = len(kept) < len(self._free)
+            self._free = kept
             self._timer = None
             if self._free:
                 self._start_timer()
+        if dropped:
+            FREED_MEMORY.give_back()
 
     def clear(self) -> None:
         """Drop every free buffer now."""
@@ -295,6 +302,17 @@ class _FreedMemory:
                 self._libc = (
                     libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
                 )
+
+    def give_back(self) -> None:
+        """Hand the heap's free pages back to the system now, in every arena.
+
+        Each thread allocates from an arena of its own, and one arena's free
+        memory cannot serve another's request: the buffers of a size no longer
+        asked for would otherwise stay resident while the next sizes are
+        allocated elsewhere, over the plan's peak task memory.
+        """
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
 
     @contextlib.contextmanager
     def kept(self) -> Iterator[None]:

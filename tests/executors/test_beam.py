@@ -60,12 +60,10 @@ def test_each_stage_waits_for_the_previous_barrier(recorded: Recorded) -> None:
         "Rechunk/Stage 0: tasks": [],
         "Rechunk/Stage 0: spread": [],
         "Rechunk/Stage 0: copy": [],
-        "Rechunk/Stage 0: barrier": [],
-        "Rechunk/Stage 1: tasks": ["Rechunk/Stage 0: barrier"],
+        "Rechunk/Stage 1: tasks": ["Rechunk/Stage 0: copy"],
         "Rechunk/Stage 1: spread": [],
         "Rechunk/Stage 1: copy": [],
-        "Rechunk/Stage 1: barrier": [],
-        "Rechunk/Finish": ["Rechunk/Stage 1: barrier"],
+        "Rechunk/Finish": ["Rechunk/Stage 1: copy"],
     }
 
 

@@ -44,6 +44,8 @@ import numpy as np
 import psutil
 import zarr
 
+from w1 import local_cluster, one, quiet_prefect_home
+
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (2190, 180, 360), (24, 180, 360), (2190, 10, 10)
 MAX_MEM = 64_000_000
 CASES = ("python", "threads", "dask-threads", "dask-distributed", "beam", "prefect")
@@ -100,11 +102,6 @@ class RssPeak:
         return self.peak - self.base
 
 
-def one() -> int:
-    """The body of the warm-up runs of dask and Prefect."""
-    return 1
-
-
 def _traced_peak() -> int:
     return tracemalloc.get_traced_memory()[1]
 
@@ -126,17 +123,9 @@ def executor_for(case: str) -> Iterator[tuple[Any, int, Callable[[], list[int]] 
         dask.compute(dask.delayed(one)(), scheduler="threads")  # imports what a run needs
         yield DaskExecutor(scheduler="threads", num_workers=2), 2, None, None
     elif case == "dask-distributed":
-        import distributed
-
         from rechunker_core.executors.dask import DaskExecutor
 
-        with (
-            distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-            ) as cluster,
-            distributed.Client(cluster) as client,
-        ):
-            client.run(__import__, "rechunker_core.executors.dask")
+        with local_cluster(2) as client:
             pids = list(client.run(os.getpid).values())
             yield DaskExecutor(scheduler=client), 2, lambda: pids, client
     elif case == "beam":
@@ -150,12 +139,7 @@ def executor_for(case: str) -> Iterator[tuple[Any, int, Callable[[], list[int]] 
             p | beam.Create([1]) | beam.Map(int)
         yield BeamExecutor(options=options), 2, None, None
     elif case == "prefect":
-        home = tempfile.mkdtemp(prefix="rechunk-memory-prefect-")
-        os.environ["PREFECT_HOME"] = home
-        from rechunker_core.executors.prefect import QUIET_SETTINGS
-
-        os.environ.update(QUIET_SETTINGS)
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        home = quiet_prefect_home()
         import prefect
         from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -463,6 +463,22 @@ SCRATCH = BufferPool()
 # --------------------------------------------------------------------------
 
 
+class _Room:
+    """A byte buffer for one chunk file at a time, made larger as files need."""
+
+    def __init__(self) -> None:
+        self._view = memoryview(b"")
+
+    def at_least(self, size: int, keep: int = 0) -> memoryview:
+        """A buffer of ``size`` bytes or more, whose first ``keep`` bytes are kept."""
+        if len(self._view) < size:
+            # An eighth over, so that the next chunks, a little larger, fit too.
+            larger = np.empty(size + size // 8, np.uint8).data
+            larger[:keep] = self._view[:keep]
+            self._view = larger
+        return self._view
+
+
 class _LocalChunks:
     """Chunk files in a local directory: plain reads, atomic writes (temp file + rename).
 
@@ -499,16 +515,35 @@ class _LocalChunks:
         return True
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
-        """``(index, bytes or None)`` for each key, in order."""
-        for i, key in enumerate(keys):
-            yield i, retrying(partial(self._read, key), self._what("reading", key), self.retry)
+        """``(index, bytes-like or None)`` for each key, in order.
 
-    def _read(self, key: str) -> bytes | None:
+        The chunks are read into one buffer, made larger only when a file does
+        not fit: what one item holds is valid until the next is asked for. A
+        fresh ``bytes`` per chunk, each of another size, left the heap of each
+        task thread fragmented, about 7% of the plan's peak task memory over
+        it in RSS (benchmarks/memory_model.py). The buffer is freed once the
+        chunks are read, so the writes that follow can reuse its memory.
+        """
+        room = _Room()
+        for i, key in enumerate(keys):
+            read = partial(self._read, key, room)
+            yield i, retrying(read, self._what("reading", key), self.retry)
+
+    def _read(self, key: str, room: _Room) -> memoryview | None:
         try:
-            with open(os.path.join(self._root, key), "rb", buffering=0) as file:
-                return file.read()
+            file = open(os.path.join(self._root, key), "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             return None
+        with file:
+            # A byte more than the file holds, so the read that finds its end
+            # has room to look.
+            view = room.at_least(os.fstat(file.fileno()).st_size + 1)
+            size = 0
+            while got := file.readinto(view[size:]):
+                size += got
+                if size == len(view):  # the file grew meanwhile: read on
+                    view = room.at_least(2 * size, keep=size)
+            return view[:size]
 
     def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
         """Store each ``(key, bytes-like)``, one after another."""

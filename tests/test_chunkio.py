@@ -312,6 +312,38 @@ def test_buffer_pool_gives_dropped_buffers_back_to_the_system(
     assert idle.held == 0 and calls == [True, True]  # dropped once idle
 
 
+def test_local_reads_go_through_one_buffer(tmp_path: Path) -> None:
+    """A fresh ``bytes`` per chunk, each of another size, fragmented the task
+    threads' heaps (RSS 5-8% over the plan's peak per worker,
+    benchmarks/memory_model.py): the chunks of one read share a buffer, which
+    grows only for a file that does not fit."""
+    contents = {"0": b"a" * 5000, "1": b"b" * 3000, "2": b"c" * 20_000, "3": b"", "4": b"d" * 7}
+    for key, data in contents.items():
+        (tmp_path / key).write_bytes(data)
+    local = chunkio._LocalChunks(tmp_path, None)
+    keys = ["0", "1", "missing", "2", "3", "4"]
+    addresses = []
+    for i, data in local.read_many(keys):
+        expected = contents.get(keys[i])
+        if expected is None:
+            assert data is None
+            continue
+        assert bytes(data) == expected  # read before the next chunk replaces it
+        if data.nbytes:
+            addresses.append(np.frombuffer(data, np.uint8).ctypes.data)
+    assert addresses[0] == addresses[1]  # 3000 bytes fit where 5000 did
+    assert addresses[2] != addresses[1] and addresses[2] == addresses[3]  # grown once
+
+
+def test_room_keeps_what_was_read_when_it_grows() -> None:
+    room = chunkio._Room()
+    view = room.at_least(10)
+    view[:4] = b"abcd"
+    assert room.at_least(8) is view  # fits: the same buffer
+    grown = room.at_least(100, keep=4)
+    assert len(grown) >= 100 and bytes(grown[:4]) == b"abcd"
+
+
 def test_buffer_pool_is_safe_across_threads() -> None:
     pool, errors = BufferPool(), []
 

@@ -121,6 +121,7 @@ def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None
     finally:
         if buffer is not None:
             REGIONS.give(buffer)
+            FREED_MEMORY.task_done(buffer.nbytes)
 
 
 def _freed(stage: CopySpec, source: ZarrRef, done: Callable[[], bool] | None) -> bool:

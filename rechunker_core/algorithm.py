@@ -233,6 +233,10 @@ class MemoryModel:
     region_copies : int
         Extra copies of the region the reader makes (zarr's own path returns
         a new array: 1; dask concatenates the blocks it computes: 2).
+    kept_chunks : int
+        Chunks a read keeps after it ends: :mod:`rechunker_core.chunkio`
+        returns its decoded scratch chunk to the process's pool for the next
+        task, so it is still held while the task writes (1; 0 elsewhere).
     small_window : tuple of int
         ``(most chunks, bytes)``: chunks so small that more than
         ``concurrency`` of them fit in ``bytes`` go up to ``most`` at once
@@ -243,6 +247,7 @@ class MemoryModel:
     chunk_copies: int = 2
     region_copies: int = 0
     small_window: tuple[int, int] = (0, 0)
+    kept_chunks: int = 1
 
     def window(self, chunk_bytes: int) -> int:
         """Chunks of ``chunk_bytes`` in flight at once.
@@ -270,16 +275,20 @@ def task_peak(
     ``reading`` and ``writing`` are ``(chunks one task touches, bytes per
     chunk)`` of the array read and the array written.
 
-    One percent is added for what the task's bookkeeping and a compressor's
-    worst case (its output may be a little larger than its input) take; the
-    measured peaks in tests/test_memory.py stay within the total.
+    While the task writes, it still holds what its read kept
+    (``reader.kept_chunks`` read chunks). One percent is added for what the
+    task's bookkeeping and a compressor's worst case (its output may be a
+    little larger than its input) take; the measured peaks in
+    tests/test_memory.py stay within the total.
 
     >>> local = MemoryModel()
     >>> task_peak(local, local, 1000, (10, 100), (4, 250))
-    1515
+    1616
     """
     held = region_bytes * (1 + reader.region_copies)
-    return math.ceil(1.01 * (held + max(reader.in_flight(*reading), writer.in_flight(*writing))))
+    kept = reader.kept_chunks * reading[1]
+    moving = max(reader.in_flight(*reading), kept + writer.in_flight(*writing))
+    return math.ceil(1.01 * (held + moving))
 
 
 @dataclass(frozen=True)
@@ -443,7 +452,7 @@ def evaluate_stage(
 
     >>> s = evaluate_stage((100,), 4, (10,), (25,), (50,), MemoryModel(concurrency=2))
     >>> s.num_tasks, s.read_ops, s.bytes_read, s.peak_task_memory
-    (2, 10, 400, 606)
+    (2, 10, 400, 647)
     """
     read_chunks = _clip(read_chunks, shape)
     write_chunks = _clip(write_chunks, shape)

@@ -324,8 +324,9 @@ class _FreedMemory:
         Codecs' own scratch memory (c-blosc's 1 MiB blocks, for one) leaves
         free blocks in each thread's heap that later requests did not reuse:
         six per thread after a few tasks, which held RSS 1-3% over the plan's
-        peak task memory per worker (benchmarks/memory_model.py). A trim takes about 35 us here; a task of
-        :data:`TRIM_AFTER` bytes or more takes milliseconds.
+        peak task memory per worker (benchmarks/memory_model.py). A trim takes
+        about 35 us here; a task of :data:`TRIM_AFTER` bytes or more takes
+        milliseconds.
         """
         if self._runs and region_bytes >= self.TRIM_AFTER:
             self.give_back()
@@ -918,7 +919,8 @@ def _local(store: Store) -> TypeGuard[LocalStore]:
 def reading_memory(array: zarr.Array[Any]) -> MemoryModel:
     """What reading ``array`` costs a task in memory (see :class:`MemoryModel`)."""
     if chunk_codec(array) is None:  # zarr's own path: a new array, many chunks at once
-        return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=1)
+        concurrency = int(zarr.config.get("async.concurrency"))
+        return MemoryModel(concurrency=concurrency, region_copies=1, kept_chunks=0)
     return MemoryModel() if _local(array.store) else _REMOTE
 
 

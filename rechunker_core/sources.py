@@ -319,7 +319,8 @@ class DaskRef:
 def _dask_memory() -> MemoryModel:
     # dask computes every block a region touches and concatenates them into a
     # new array, which is then copied into the task's blocks: two extra copies.
-    return MemoryModel(concurrency=int(zarr.config.get("async.concurrency")), region_copies=2)
+    concurrency = int(zarr.config.get("async.concurrency"))
+    return MemoryModel(concurrency=concurrency, region_copies=2, kept_chunks=0)
 
 
 def _from_dask(source: dask.array.Array) -> Source:

@@ -34,7 +34,7 @@ from tests.helpers import MODES, Mode
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parents[2]
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES = (120, 96), (120, 1), (1, 96), 5000
-#: Between local stores: 12 tasks writing 15 chunks each, then 15 tasks.
+#: Between local stores: 16 tasks writing 15 chunks each, then 15 tasks.
 LOCAL = plan_layout(SHAPE, 4, SOURCE_CHUNKS, TARGET_CHUNKS, TWO_STAGES).stages
 LOCAL_WRITES_PER_TASK = LOCAL[0].write_ops // LOCAL[0].num_tasks
 #: Two stages when the intermediate is wrapped (OnceStore): a wrapped store is not a
@@ -156,10 +156,10 @@ def test_a_killed_part_run_again_does_the_rest(
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     plan = saved_plan(tmp_path, source)
     first = tmp_path / "first.log"
-    # Part 0 of stage 0 has 6 tasks of 15 chunk writes each: stall (tearing) the 49th write,
+    # Part 0 of stage 0 has 8 tasks of 15 chunk writes each: stall (tearing) the 49th write,
     # in its 4th task.
     per_part, per_task = LOCAL[0].num_tasks // 2, LOCAL_WRITES_PER_TASK
-    assert (per_part, per_task) == (6, 15)
+    assert (per_part, per_task) == (8, 15)
     process = subprocess.Popen(
         part_command(plan, first, "--stall", "write", "--after", str(3 * per_task + 4)),
         cwd=REPO,

@@ -204,8 +204,11 @@ class BufferPool:
     a returned buffer only if it is the size asked for (within
     :data:`SLACK` bytes), so a task never holds more than the planner's memory
     model counts for it; when none is, the returned buffers belong to sizes no
-    longer asked for and are dropped. Buffers nobody took for
-    :data:`IDLE_SECONDS` are dropped too, so an idle process holds nothing.
+    longer asked for and are dropped, and so are the free buffers of the
+    pools it goes ``along`` with (a new stage's first task would otherwise hold
+    the last stage's scratch chunk besides its own region). Buffers nobody
+    took for :data:`IDLE_SECONDS` are dropped too, so an idle process holds
+    nothing.
     """
 
     #: How long a returned buffer is kept for another task.
@@ -213,10 +216,11 @@ class BufferPool:
     #: How much larger than asked for a reused buffer may be.
     SLACK = 64 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, along: Sequence[BufferPool] = ()) -> None:
         self._lock = threading.Lock()
         self._free: list[tuple[float, np.ndarray[Any, Any]]] = []
         self._timer: threading.Timer | None = None
+        self._along = tuple(along)
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
         """A C-contiguous, uninitialised array of ``shape`` and ``dtype``."""
@@ -232,6 +236,8 @@ class BufferPool:
             if dropped:
                 self._free.clear()  # freed before the new buffer is made
         if dropped:
+            for pool in self._along:
+                pool.clear()
             FREED_MEMORY.give_back()
         if buffer is None:
             buffer = np.empty(nbytes, np.uint8)
@@ -470,9 +476,10 @@ DELETIONS = _Deletions()
 
 
 #: The process's pools: one for task regions, one for scratch chunks, so each
-#: sees one size per stage.
-REGIONS = BufferPool()
+#: sees one size per stage. A region of a new size starts a new stage: the
+#: scratch chunks of the last one are dropped with its regions.
 SCRATCH = BufferPool()
+REGIONS = BufferPool(along=[SCRATCH])
 
 
 # --------------------------------------------------------------------------

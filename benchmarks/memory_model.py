@@ -2,8 +2,8 @@
 
 For each executor, a fresh process rechunks a W1-like array (float32
 ``(2190, 180, 360)``, 568 MB, Blosc lz4, chunks ``(24, 180, 360)`` ->
-``(2190, 10, 10)``) with ``max_mem=64MB`` and measures, per worker, while
-the plan runs:
+``(2190, 10, 10)``) with ``max_mem=64MB`` (or ``--max-mem``) and measures,
+per worker, while the plan runs:
 
 - the tracemalloc peak (numpy's buffers and encoded chunks), in every
   process that runs tasks: this one for in-process executors (divided by
@@ -21,6 +21,7 @@ Usage, from the repository root::
 
     .venv/bin/python benchmarks/memory_model.py                # every case
     .venv/bin/python benchmarks/memory_model.py --only threads,dask-distributed
+    .venv/bin/python benchmarks/memory_model.py --max-mem 128000000
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def executor_for(case: str) -> Iterator[tuple[Any, int, Callable[[], list[int]] 
         raise SystemExit(f"unknown case {case!r}; one of {', '.join(CASES)}")
 
 
-def measure(case: str, what: str) -> dict[str, Any]:
+def measure(case: str, what: str, max_mem: int = MAX_MEM) -> dict[str, Any]:
     """Run one case in this process, measuring ``what`` ("traced" or "rss")."""
     from rechunker_core import rechunk
 
@@ -163,7 +164,7 @@ def measure(case: str, what: str) -> dict[str, Any]:
     try:
         with executor_for(case) as (executor, workers, pids, client):
             plan = rechunk(
-                source, TARGET_CHUNKS, MAX_MEM, str(work / "target.zarr"),
+                source, TARGET_CHUNKS, max_mem, str(work / "target.zarr"),
                 temp_store=str(work / "temp.zarr"), executor=executor,
             )  # fmt: skip
             rss = RssPeak(pids() if pids else [os.getpid()])
@@ -218,12 +219,13 @@ def table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    parser.add_argument("--max-mem", type=int, default=MAX_MEM, help="bytes (default: %(default)s)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args(argv)
     DATA.mkdir(parents=True, exist_ok=True)
     if args.case:
         case, what = args.case.split(":")
-        print(json.dumps(measure(case, what)))
+        print(json.dumps(measure(case, what, args.max_mem)))
         return 0
     make_source(DATA / "source.zarr")
     results = []
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {}
         for what in ("traced", "rss"):
             done = subprocess.run(
-                [sys.executable, __file__, "--case", f"{case}:{what}"],
+                [sys.executable, __file__, f"--case={case}:{what}", f"--max-mem={args.max_mem}"],
                 capture_output=True,
                 text=True,
             )

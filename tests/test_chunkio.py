@@ -335,6 +335,21 @@ def test_local_reads_go_through_one_buffer(tmp_path: Path) -> None:
     assert addresses[2] != addresses[1] and addresses[2] == addresses[3]  # grown once
 
 
+def test_a_local_read_finishes_a_file_that_grew_after_its_size_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "0").write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    real_fstat = chunkio.os.fstat
+
+    class Stale:
+        def __init__(self, fd: int) -> None:
+            self.st_size = real_fstat(fd).st_size // 4  # what it held a moment ago
+
+    monkeypatch.setattr(chunkio.os, "fstat", Stale)
+    ((_, data),) = chunkio._LocalChunks(tmp_path, None).read_many(["0"])
+    assert bytes(data) == bytes(range(256)) * 40
+
+
 def test_room_keeps_what_was_read_when_it_grows() -> None:
     room = chunkio._Room()
     view = room.at_least(10)

@@ -521,6 +521,13 @@ class _LocalChunks:
     def _what(self, verb: str, key: str) -> Callable[[], str]:
         return lambda: f"{verb} chunk {key!r} in {self.root}"
 
+    def _path(self, key: str) -> str:
+        # Plain strings, not pathlib: pathlib interns every name it parses, and
+        # each write's scratch name is new, so the interpreter's table of
+        # interned strings would keep growing and be reallocated during tasks
+        # (7.7 MB at once in the test suite's process), outside any budget.
+        return os.path.join(self._root, key)
+
     def read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
         """Read the raw chunk ``key`` into the C-contiguous ``out``; False if absent."""
         return retrying(lambda: self._read_into(key, out), self._what("reading", key), self.retry)
@@ -528,14 +535,12 @@ class _LocalChunks:
     def _read_into(self, key: str, out: np.ndarray[Any, Any]) -> bool:
         view = out.reshape(-1).view(np.uint8).data
         try:
-            with open(os.path.join(self._root, key), "rb", buffering=0) as file:
+            with open(self._path(key), "rb", buffering=0) as file:
                 got = file.readinto(view)
         except FileNotFoundError:
             return False
         if got != len(view):
-            raise OSError(
-                f"chunk {os.path.join(self._root, key)} holds {got} bytes, not {len(view)}"
-            )
+            raise OSError(f"chunk {self._path(key)} holds {got} bytes, not {len(view)}")
         return True
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
@@ -555,7 +560,7 @@ class _LocalChunks:
 
     def _read(self, key: str, room: _Room) -> memoryview | None:
         try:
-            file = open(os.path.join(self._root, key), "rb", buffering=0)  # noqa: SIM115
+            file = open(self._path(key), "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             return None
         with file:
@@ -575,11 +580,7 @@ class _LocalChunks:
             retrying(partial(self._write, key, data), self._what("writing", key), self.retry)
 
     def _write(self, key: str, data: Any) -> None:
-        # Plain strings, not pathlib: pathlib interns every name it parses, and
-        # each write's scratch name is new, so the interpreter's table of
-        # interned strings would keep growing and be reallocated during tasks
-        # (7.7 MB at once in the test suite's process), outside any budget.
-        path = os.path.join(self._root, key)
+        path = self._path(key)
         folder, name = os.path.split(path)
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)
@@ -605,7 +606,7 @@ class _LocalChunks:
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._root, key))
+            os.unlink(self._path(key))
 
     def any_exists(self, keys: Iterable[str]) -> bool:
         """Whether any of ``keys`` is stored.

@@ -13,7 +13,7 @@ import gc
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -100,7 +100,8 @@ class Outcome:
 
 
 class TreeMonitor:
-    """Samples the RSS and CPU times of the process tree in a daemon thread.
+    """Samples the RSS and CPU times of the process tree (or of the processes
+    ``pids``) in a daemon thread.
 
     CPU is counted per process as the last seen ``user + system`` minus the
     value at the start (zero for processes started since), so workers that
@@ -108,10 +109,11 @@ class TreeMonitor:
     between two samples is missed.
     """
 
-    def __init__(self, interval: float = 0.025) -> None:
+    def __init__(self, interval: float = 0.025, pids: Sequence[int] | None = None) -> None:
         self.interval = interval
         self.peak = 0
         self._me = psutil.Process()
+        self._only = None if pids is None else [psutil.Process(pid) for pid in pids]
         self._start_cpu: dict[ProcessKey, float] = {}
         self._last_cpu: dict[ProcessKey, float] = {}
         self._stop = threading.Event()
@@ -121,7 +123,8 @@ class TreeMonitor:
     def sample(self) -> int:
         """Record the tree's CPU times and return its RSS in bytes (nothing subtracted)."""
         total = 0
-        for process in [self._me, *self._children()]:
+        processes = self._only if self._only is not None else [self._me, *self._children()]
+        for process in processes:
             with contextlib.suppress(psutil.Error), process.oneshot():
                 rss = process.memory_info().rss
                 times = process.cpu_times()

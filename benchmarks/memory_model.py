@@ -1,9 +1,9 @@
 """Is the plan's memory model honest on every executor? (issue 9, goal 5)
 
 For each executor, a fresh process rechunks a W1-like array (float32
-``(2190, 180, 360)``, 568 MB, Blosc lz4, chunks ``(24, 180, 360)`` ->
-``(2190, 10, 10)``) with ``max_mem=64MB`` (or ``--max-mem``) and measures,
-per worker, while the plan runs:
+``(2190, 180, 360)``, 568 MB, W1's generated values, Blosc lz4, chunks
+``(24, 180, 360)`` -> ``(2190, 10, 10)``) with ``max_mem=64MB`` (or
+``--max-mem``) and measures, per worker, while the plan runs:
 
 - the tracemalloc peak (numpy's buffers and encoded chunks), in every
   process that runs tasks: this one for in-process executors (divided by
@@ -34,18 +34,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
 import zarr
 
+from measure import TreeMonitor, same_values
 from w1 import local_cluster, one, quiet_prefect_home
+from workloads import ensure_sources, open_source
 
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (2190, 180, 360), (24, 180, 360), (2190, 10, 10)
 MAX_MEM = 64_000_000
@@ -53,54 +52,12 @@ CASES = ("python", "threads", "dask-threads", "dask-distributed", "beam", "prefe
 DATA = Path(__file__).parent / "data" / "memory-model"
 
 
-def make_source(path: Path) -> zarr.Array[Any]:
-    """The W1-like source, made once: smooth values, so Blosc compresses as on real data."""
-    if (path / ".zarray").exists():
-        return zarr.open_array(str(path), mode="r")
-    compressor = {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}
-    array = zarr.create_array(
-        str(path), shape=SHAPE, chunks=SOURCE_CHUNKS, dtype="f4", zarr_format=2,
-        compressors=compressor, overwrite=True,
-    )  # fmt: skip
-    lat = np.linspace(-90, 90, SHAPE[1], dtype="f4")[:, None]
-    lon = np.linspace(0, 360, SHAPE[2], dtype="f4")[None, :]
-    for start in range(0, SHAPE[0], SOURCE_CHUNKS[0]):
-        hours = np.arange(start, min(start + SOURCE_CHUNKS[0], SHAPE[0]), dtype="f4")
-        array[start : start + len(hours)] = (
-            np.cos(np.radians(lat))[None] * 30 + np.sin(hours / 24)[:, None, None] * lon / 36
-        )
-    return array
-
-
-class RssPeak:
-    """The peak summed RSS of ``pids`` over their sum when the block starts."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.processes = [psutil.Process(pid) for pid in pids]
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _rss(self) -> int:
-        return sum(p.memory_info().rss for p in self.processes)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        self.base = self.peak = self._rss()
-        self._thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def increase(self) -> int:
-        return self.peak - self.base
+def make_source() -> zarr.Array[Any]:
+    """The W1-like source (W1's generated values, Blosc), made once."""
+    ensure_sources(DATA, SHAPE, SOURCE_CHUNKS, ["blosc"])
+    source = open_source(DATA, SHAPE, SOURCE_CHUNKS, "blosc")
+    assert source is not None
+    return source
 
 
 def _traced_peak() -> int:
@@ -159,7 +116,7 @@ def measure(case: str, what: str, max_mem: int = MAX_MEM) -> dict[str, Any]:
     """Run one case in this process, measuring ``what`` ("traced" or "rss")."""
     from rechunker_core import rechunk
 
-    source = make_source(DATA / "source.zarr")
+    source = make_source()
     work = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=DATA))
     try:
         with executor_for(case) as (executor, workers, pids, client):
@@ -167,27 +124,25 @@ def measure(case: str, what: str, max_mem: int = MAX_MEM) -> dict[str, Any]:
                 source, TARGET_CHUNKS, max_mem, str(work / "target.zarr"),
                 temp_store=str(work / "temp.zarr"), executor=executor,
             )  # fmt: skip
-            rss = RssPeak(pids() if pids else [os.getpid()])
+            monitor = TreeMonitor(interval=0.005, pids=pids() if pids else [os.getpid()])
             traced = what == "traced"
             if traced and client is not None:
                 client.run(tracemalloc.start)
             elif traced:
                 tracemalloc.start()
             start = time.perf_counter()
-            with rss.watching():
+            base = monitor.sample()
+            with monitor:
                 target = plan.execute()
             wall = time.perf_counter() - start
-            peak = rss.increase
+            peak = monitor.peak - base
             if traced and client is not None:
                 peak = sum(client.run(_traced_peak).values())
                 client.run(tracemalloc.stop)
             elif traced:
                 peak = _traced_peak()
                 tracemalloc.stop()
-            same = all(
-                np.array_equal(target[i : i + 240], source[i : i + 240])
-                for i in range(0, SHAPE[0], 240)
-            )
+            same = same_values(source, target)
             return {
                 "case": case,
                 "workers": workers,
@@ -227,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         case, what = args.case.split(":")
         print(json.dumps(measure(case, what, args.max_mem)))
         return 0
-    make_source(DATA / "source.zarr")
+    make_source()
     results = []
     for case in args.only.split(","):
         result: dict[str, Any] = {}

@@ -216,6 +216,42 @@ def test_time_series_plan_reads_each_chunk_once() -> None:
     assert all(s.read_amplification == 1.0 for s in plan.stages)
 
 
+def test_a_stage_keeps_every_worker_busy_to_its_end() -> None:
+    """W1's first stage: tasks of 31 source chunks, not 32, so two workers end together.
+
+    365 chunks in tasks of 32 leave one of 13 at the end, and one worker idle
+    for most of the last round; 31 make as many tasks and chunks.
+    """
+    shape, source, target = (8760, 180, 360), (24, 180, 360), (8760, 10, 10)
+    plan = plan_layout(shape, 4, source, target, 256_000_000, cost=TWO_CORES)
+    first = plan.stages[0]
+    assert first.task_chunks == (744, 180, 360)
+    assert plan.intermediate_chunks[0][0] == 744
+    rounds = math.ceil(first.num_tasks / 2)
+    assert rounds * first.task_chunks[0] <= 1.02 * shape[0] / 2
+
+
+def test_the_cost_of_a_stage_counts_its_last_round() -> None:
+    evaluate = lambda task: evaluate_stage((8760,), 4, (24,), (task,), (task,), MemoryModel())  # noqa: E731
+    even, uneven, one = evaluate(744), evaluate(768), evaluate(8760)
+    assert even.num_tasks == uneven.num_tasks == 12
+    assert TWO_CORES.stage_seconds(even) < TWO_CORES.stage_seconds(uneven)
+    assert ONE_CORE.stage_seconds(even) == pytest.approx(ONE_CORE.stage_seconds(uneven))
+    # One task leaves the second worker idle: two cores take as long as one.
+    assert TWO_CORES.stage_seconds(one) == pytest.approx(ONE_CORE.stage_seconds(one))
+
+
+def test_a_single_stage_reaches_regions_aligned_with_the_source() -> None:
+    """The extents between aligned ones split source chunks and cost more than
+    either end: the walk jumps over them (a step at a time, it stopped at 50
+    tasks of (2, 4, 15), each source chunk decoded 9 times)."""
+    shape, source, target = (10, 20, 30), (5, 10, 15), (1, 1, 1)
+    plan = plan_layout(shape, 8, source, target, 10**9, max_stages=1, cost=TWO_CORES)
+    check_plan(plan, shape, 8, source, target, 10**9)
+    assert plan.stages[0].read_amplification == 1.0
+    assert plan.stages[0].num_tasks == 2
+
+
 @pytest.mark.parametrize(
     ("shape", "source", "target"),
     [

@@ -32,6 +32,7 @@ from rechunker_core.copy import (
     rounds,
     run_batch,
     running_here,
+    worker_idle,
 )
 from rechunker_core.executors import import_engine
 from rechunker_core.spec import StagedCopySpec
@@ -168,7 +169,7 @@ def _rechunk_class() -> type:
                     seed
                     | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
                     | f"Stage {k}: spread" >> beam.Reshuffle()
-                    | f"Stage {k}: copy" >> beam.Map(_copy_batch, round_, self.feed)
+                    | f"Stage {k}: copy" >> beam.ParDo(_copy_class()(round_, self.feed))
                 )
                 barrier = [AsIter(done)]
             return seed | "Finish" >> beam.Map(_finish, self.specs, *barrier)
@@ -177,11 +178,39 @@ def _rechunk_class() -> type:
     return Rechunk
 
 
+@cache
+def _copy_class() -> type:
+    """Define :class:`CopyBatches` on first use, so importing this module skips Beam."""
+    beam = import_engine("apache_beam", "beam")
+
+    class CopyBatches(beam.DoFn):  # type: ignore[misc,name-defined]
+        """Copy the batches of one round; when a worker's bundle ends, its
+        kept buffers go (:func:`rechunker_core.copy.worker_idle`): the
+        DirectRunner gives each worker one bundle per stage, then pickles
+        the next stage's DoFns (about 1 MB per bz2 compressor it makes)."""
+
+        def __init__(self, round_: Round, feed: Feed) -> None:
+            super().__init__()
+            self.round = round_
+            self.feed = feed
+
+        def process(self, element: tuple[int, int, int]) -> Iterator[int]:
+            yield _copy_batch(element, self.round, self.feed)
+
+        def finish_bundle(self) -> None:
+            worker_idle()
+
+    CopyBatches.__module__, CopyBatches.__qualname__ = __name__, "CopyBatches"
+    return CopyBatches
+
+
 def __getattr__(name: str) -> Any:
-    # ``rechunker_core.executors.beam.Rechunk`` resolves lazily: pickles of the transform
-    # find its class here, and importing the module does not import Beam.
+    # ``rechunker_core.executors.beam.Rechunk`` (and ``CopyBatches``) resolve lazily:
+    # pickles find the classes here, and importing the module does not import Beam.
     if name == "Rechunk":
         return _rechunk_class()
+    if name == "CopyBatches":
+        return _copy_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS
+from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS, SCRATCH
 from rechunker_core.geometry import Region
 from rechunker_core.journal import (
     TaskSet,
@@ -76,6 +76,7 @@ __all__ = [
     "rounds",
     "run_batch",
     "run_local",
+    "worker_idle",
 ]
 
 logger = logging.getLogger("rechunker_core")
@@ -184,6 +185,21 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
             for task in tasks:
                 stage.source.free(stage.task_region(task))
     return batch.num_tasks
+
+
+def worker_idle() -> None:
+    """A worker has no more batches for now: drop the buffers kept for its next task.
+
+    For engines that say when a worker's share of a stage ends (a Beam
+    bundle). The pools keep a finished task's region for the next task of the
+    same size; an engine that does its own work between stages (Beam pickles
+    every DoFn of the next stage) would otherwise do it on top of a region
+    nobody uses, over the plan's peak task memory per worker. The next stage's
+    regions differ in size, so the first task of it would drop them anyway.
+    """
+    REGIONS.clear()
+    SCRATCH.clear()
+    FREED_MEMORY.give_back()
 
 
 def _recorded(stage: CopySpec, task: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from zarr.storage import MemoryStore
 
 from rechunker_core import rechunk
+from rechunker_core.chunkio import REGIONS, BufferPool
 from rechunker_core.executors.beam import BeamExecutor
 from tests.helpers import ArrayFactory, Recorded, assert_same_array
 
@@ -88,3 +89,18 @@ def test_refuses_in_memory_stores_on_every_runner(
     )
     with pytest.raises(ValueError, match="in-memory store"):
         rechunk(source, (10, 37), "1MB", target, executor="beam")
+
+
+def test_a_worker_drops_its_buffers_when_its_bundle_ends(
+    tmp_path: Path, make_array: ArrayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker's share of a stage is one bundle: when it ends, the region
+    kept for a next task of the same size goes, before Beam sets up the next
+    stage (it would otherwise stay for BufferPool.IDLE_SECONDS)."""
+    source = make_array(tmp_path / "s.zarr", (64, 64), (64, 1), dtype="f8", fill_value=-1)
+    rechunked = rechunk(source, (1, 64), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    monkeypatch.setattr(BufferPool, "IDLE_SECONDS", 60.0)
+    REGIONS.clear()
+    target = rechunked.execute(options=THREADS)
+    assert REGIONS.held == 0
+    assert_same_array(target, source)  # type: ignore[arg-type]

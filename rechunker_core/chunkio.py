@@ -599,10 +599,21 @@ class _LocalChunks:
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete each chunk of ``keys`` that is stored (on the deleting thread
-        while a run defers deletions, see :class:`_Deletions`)."""
+        while a run defers deletions, see :class:`_Deletions`), as one deletion:
+        a task of a sparse array frees hundreds of chunks never written, and
+        queueing each cost more than the task (benchmarks/scale.py)."""
+        DELETIONS.run(partial(self._delete_all, list(keys)))
+
+    def _delete_all(self, keys: list[str]) -> None:
+        """Delete each of ``keys``, every one tried; raise the first failure."""
+        failure: Exception | None = None
         for key in keys:
-            what = self._what("deleting", key)
-            DELETIONS.run(partial(retrying, partial(self._delete, key), what, self.retry))
+            try:
+                retrying(partial(self._delete, key), self._what("deleting", key), self.retry)
+            except Exception as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -93,8 +93,12 @@ MIN_BATCH_BYTES = 4 * 2**20
 MIN_BATCHES_PER_ROUND = 1000
 
 
-def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None = None) -> None:
+def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None = None) -> bool:
     """Copy one task's region: read it from the stage's source, write it to its target.
+
+    Returns False when the source stores no chunk of the region (a sparse
+    array: the target's chunks read as the fill value unwritten), so there
+    is nothing of the source to free either.
 
     The region is held as the target's write chunks (:class:`~rechunker_core.blocks.Blocks`),
     in memory from the process's pool (:data:`~rechunker_core.chunkio.REGIONS`), so
@@ -106,7 +110,7 @@ def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None
     """
     source = stage.source
     if isinstance(source, ZarrRef) and source.copies_nothing(region, stage.target):
-        return
+        return False
     dtype = np.dtype(source.dtype)
     chunks = stage.target.block_chunks(region)
     buffer = None
@@ -117,8 +121,9 @@ def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None
         if not isinstance(source, ZarrRef):
             source.read_into(region, blocks)
         elif source.read_counting(region, blocks) and _freed(stage, source, done):
-            return
+            return True
         stage.target.write(region, blocks)
+        return True
     finally:
         if buffer is not None:
             REGIONS.give(buffer)
@@ -174,16 +179,18 @@ def run_batch(batch: Batch, *, recheck: bool = False) -> int:
     target = stage.target.location
     # Freed heap memory is reused within the batch wherever it runs (worker
     # processes too): fresh pages cost several times as much on a VM.
+    stored = []  # the tasks whose source region held chunks, to free
     with FREED_MEMORY.kept(), batch_writes(target.store, target.path, batch.tasks):
         for tasks in todo:
             for task in tasks:
-                copy_region(stage, stage.task_region(task), partial(_recorded, stage, task))
+                region = stage.task_region(task)
+                if copy_region(stage, region, partial(_recorded, stage, task)):
+                    stored.append(region)
                 journal.add(task)
     journal.commit()
     if stage.frees_source and isinstance(stage.source, ZarrRef):
-        for tasks in todo:
-            for task in tasks:
-                stage.source.free(stage.task_region(task))
+        for region in stored:
+            stage.source.free(region)
     return batch.num_tasks
 
 

@@ -242,9 +242,9 @@ def log_tasks(into: list[str]) -> Iterator[list[str]]:
     """Append the name of every task started (in this process) to ``into``."""
     original = copy_module.copy_region
 
-    def logged(stage: CopySpec, region: Region, done: Any = None) -> None:
+    def logged(stage: CopySpec, region: Region, done: Any = None) -> bool:
         into.append(task_name(stage, region))
-        original(stage, region, done)
+        return original(stage, region, done)
 
     copy_module.copy_region = logged
     try:
@@ -263,9 +263,9 @@ def _log_to_file(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     original = copy_module.copy_region
 
-    def logged(stage: CopySpec, region: Region, done: Any = None) -> None:
+    def logged(stage: CopySpec, region: Region, done: Any = None) -> bool:
         os.write(fd, (task_name(stage, region) + "\n").encode())
-        original(stage, region, done)
+        return original(stage, region, done)
 
     copy_module.copy_region = logged
 
@@ -274,13 +274,13 @@ def _fail_after(tasks: int) -> None:
     """Raise in the copy path once ``tasks`` tasks have started: the run fails and exits."""
     original, lock, count = copy_module.copy_region, threading.Lock(), [0]
 
-    def failing(stage: CopySpec, region: Region, done: Any = None) -> None:
+    def failing(stage: CopySpec, region: Region, done: Any = None) -> bool:
         with lock:
             count[0] += 1
             n = count[0]
         if n > tasks:
             raise RuntimeError(f"injected failure after {tasks} tasks")
-        original(stage, region, done)
+        return original(stage, region, done)
 
     copy_module.copy_region = failing
 

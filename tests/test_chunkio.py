@@ -23,6 +23,7 @@ from rechunker_core import chunkio, rechunk
 from rechunker_core.blocks import Blocks
 from rechunker_core.chunkio import CONCURRENCY, SMALL_WINDOW, BufferPool, chunk_codec
 from rechunker_core.locations import StoreLocation
+from rechunker_core.retry import RetryPolicy
 from rechunker_core.storage import ZarrRef, clear_cache
 from tests.helpers import sample_data
 
@@ -487,3 +488,16 @@ def test_a_region_without_stored_chunks_copies_nothing(
     other = _array(LocalStore(str(tmp_path / "o.zarr")), fmt, None, fill_value=0.0)
     assert not refs[0].copies_nothing(REGIONS[3], _ref(other.store, other))
     clear_cache()
+
+
+def test_local_deletions_try_every_chunk_and_raise_the_first_failure(tmp_path: Path) -> None:
+    """A task's chunks go as one deletion (queueing each cost more than the task
+    on a sparse array); one that cannot be deleted stops none of the others."""
+    for key in ("0", "2", "3"):
+        (tmp_path / key).write_bytes(b"x")
+    (tmp_path / "1").mkdir()  # unlink() refuses a directory
+    (tmp_path / "1" / "inside").write_bytes(b"y")
+    local = chunkio._LocalChunks(tmp_path, RetryPolicy(retries=0))
+    with pytest.raises(OSError):
+        local.delete_many(["0", "1", "absent", "2", "3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]

@@ -162,6 +162,33 @@ def test_chunks_absent_for_being_empty_are_read_as_the_fill_value(
     npt.assert_array_equal(rechunked.execute()[...], source[...])
 
 
+def test_a_task_whose_source_region_stores_nothing_deletes_nothing(
+    tmp_path: Path, make_array: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse array's tasks over never-written regions free nothing: deleting
+    their hundreds of absent chunks one by one made a metadata-only ERA5-sized
+    rechunk 10 times slower (benchmarks/scale.py)."""
+    made = make_array(str(tmp_path / "s.zarr"), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    made[: SHAPE[0] // 2] = 0  # the fill value: the intermediate's first rows stay unwritten
+    source = zarr.open_array(str(tmp_path / "s.zarr"), mode="r")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    written = stored(first.target)
+    freed: list[Region] = []
+    freeing = ZarrRef.free
+    monkeypatch.setattr(
+        ZarrRef, "free", lambda ref, region: freed.append(region) or freeing(ref, region)
+    )
+    for task in range(second.num_tasks):
+        region = second.task_region(task)
+        run_batch(Batch(second, range(task, task + 1)))
+        assert (region in freed) == bool(held_whole(region, first.target) & written), task
+    assert 0 < len(freed) < second.num_tasks
+    assert stored(first.target) == set()
+    npt.assert_array_equal(rechunked.execute()[...], source[...])
+
+
 def test_keep_temp_keeps_every_intermediate_chunk(tmp_path: Path, frozen_source: Source) -> None:
     source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
     rechunked = plan(tmp_path, source, ALIGNED, keep_temp=True)

@@ -368,11 +368,11 @@ def interrupted(tmp_path: Path, source: Any, after: int = FIRST + SECOND // 2) -
 
     original = copy_module.copy_region
 
-    def failing(stage: Any, region: Any, done: Any = None) -> None:
+    def failing(stage: Any, region: Any, done: Any = None) -> bool:
         tasks.append("")
         if len(tasks) > after:
             raise Stop
-        original(stage, region, done)
+        return original(stage, region, done)
 
     copy_module.copy_region = failing
     try:
@@ -664,12 +664,12 @@ def stop_after(tasks: int) -> Iterator[list[str]]:
     started: list[str] = []
     original, lock = copy_module.copy_region, threading.Lock()
 
-    def failing(stage: Any, region: Any, done: Any = None) -> None:
+    def failing(stage: Any, region: Any, done: Any = None) -> bool:
         with lock:
             started.append(task_name(stage, region))
             if len(started) > tasks:
                 raise Stop
-        original(stage, region, done)
+        return original(stage, region, done)
 
     copy_module.copy_region = failing
     try:

@@ -236,9 +236,7 @@ class BufferPool:
             if dropped:
                 self._free.clear()  # freed before the new buffer is made
         if dropped:
-            for pool in self._along:
-                pool.clear()
-            FREED_MEMORY.give_back()
+            self.drop()
         if buffer is None:
             buffer = np.empty(nbytes, np.uint8)
         return buffer[:nbytes].view(dtype).reshape(shape)
@@ -274,6 +272,14 @@ class BufferPool:
         """Drop every free buffer now."""
         with self._lock:
             self._free.clear()
+
+    def drop(self) -> None:
+        """Drop every free buffer now, and those of the pools this one goes
+        ``along`` with, and hand the memory back to the system."""
+        self.clear()
+        for pool in self._along:
+            pool.clear()
+        FREED_MEMORY.give_back()
 
     @property
     def held(self) -> int:

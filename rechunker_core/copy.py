@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rechunker_core.blocks import Blocks
-from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS, SCRATCH
+from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS
 from rechunker_core.geometry import Region
 from rechunker_core.journal import (
     TaskSet,
@@ -204,9 +204,7 @@ def worker_idle() -> None:
     nobody uses, over the plan's peak task memory per worker. The next stage's
     regions differ in size, so the first task of it would drop them anyway.
     """
-    REGIONS.clear()
-    SCRATCH.clear()
-    FREED_MEMORY.give_back()
+    REGIONS.drop()
 
 
 def _recorded(stage: CopySpec, task: int) -> bool:

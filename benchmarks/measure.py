@@ -3,6 +3,10 @@
 The tree is this process and every descendant (dask workers and nannies, the
 Prefect server). A daemon thread samples it every ``interval`` seconds with
 psutil; the sampler's own CPU is counted too (it is well under 1% of a core).
+
+The same thread reads the machine's CPU times (``/proc/stat``), so a table
+can tell a tree that leaves cores idle from one that shares busy cores with
+the kernel's threads, other processes and the hypervisor (steal time).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import ctypes
 import gc
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +44,9 @@ class Usage:
     baseline_rss: int = 0
     #: ``(time.perf_counter(), CPU seconds so far)`` at each sample of the timed part.
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: ``(time.perf_counter(), busy CPU seconds, steal seconds)`` of the whole machine
+    #: at each sample, counted from the start (empty where ``/proc/stat`` is missing).
+    machine: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
     def cpu_util(self) -> float:
@@ -48,21 +56,51 @@ class Usage:
     def cpu_util_between(self, start: float, end: float) -> float:
         """The tree's CPU utilisation from ``start`` to ``end`` (``perf_counter`` times).
 
-        CPU seconds at each end are interpolated between the samples around
-        it; NaN for a window shorter than four samples, where the sampling
-        step would dominate.
+        See :func:`_rate_between`.
 
         >>> Usage(timeline=[(0.0, 0.0), (1.0, 1.0), (2.0, 3.0), (3.0, 5.0)]).cpu_util_between(
-        ...     0.5, 2.5)
-        1.75
+        ...     0.0, 3.0)
+        1.6666666666666667
         """
-        times = [t for t, _ in self.timeline]
-        if len(times) < 4 or end <= start or sum(start <= t <= end for t in times) < 4:
-            return math.nan
-        cpu = [c for _, c in self.timeline]
-        return (float(np.interp(end, times, cpu)) - float(np.interp(start, times, cpu))) / (
-            end - start
-        )
+        return _rate_between(self.timeline, start, end)
+
+    def machine_between(self, start: float, end: float) -> tuple[float, float]:
+        """The whole machine's busy CPUs and steal from ``start`` to ``end``.
+
+        Busy is every CPU second not idle or waiting for I/O (this tree's,
+        other processes', the kernel's threads'); steal is what the
+        hypervisor ran elsewhere while this machine's CPUs wanted to run.
+
+        >>> busy, steal = Usage(machine=[(0.0, 0.0, 0.0), (1.0, 1.9, 0.1), (2.0, 3.8, 0.2),
+        ...                (3.0, 5.7, 0.3)]).machine_between(0.0, 3.0)
+        >>> round(busy, 3), round(steal, 3)
+        (1.9, 0.1)
+        """
+        busy = [(t, b) for t, b, _ in self.machine]
+        steal = [(t, s) for t, _, s in self.machine]
+        return _rate_between(busy, start, end), _rate_between(steal, start, end)
+
+
+def _rate_between(timeline: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """The slope of a cumulative ``(time, seconds)`` timeline from ``start`` to ``end``.
+
+    Values at each end are interpolated between the samples around it; NaN
+    for a window with fewer than four samples, where the sampling step would
+    dominate.
+
+    >>> _rate_between([(0.0, 0.0), (1.0, 1.0), (2.0, 3.0), (3.0, 5.0)], 0.5, 2.5)
+    nan
+    >>> _rate_between([(0.0, 0.0), (1.0, 1.0), (2.0, 3.0), (3.0, 5.0), (4.0, 6.0), (5.0, 7.0)],
+    ...               0.5, 4.5)
+    1.5
+    """
+    times = [t for t, _ in timeline]
+    if len(times) < 4 or end <= start or sum(start <= t <= end for t in times) < 4:
+        return math.nan
+    values = [v for _, v in timeline]
+    return (float(np.interp(end, times, values)) - float(np.interp(start, times, values))) / (
+        end - start
+    )
 
 
 @dataclass
@@ -119,6 +157,8 @@ class TreeMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-monitor", daemon=True)
         self.timeline: list[tuple[float, float]] = []
+        self.machine: list[tuple[float, float, float]] = []
+        self._machine_start = (0.0, 0.0)
 
     def sample(self) -> int:
         """Record the tree's CPU times and return its RSS in bytes (nothing subtracted)."""
@@ -144,12 +184,20 @@ class TreeMonitor:
 
     def _tick(self) -> None:
         self.peak = max(self.peak, self.sample())
-        self.timeline.append((time.perf_counter(), self.cpu_seconds))
+        now = time.perf_counter()
+        self.timeline.append((now, self.cpu_seconds))
+        if (machine := machine_cpu()) is not None:
+            busy, steal = (m - m0 for m, m0 in zip(machine, self._machine_start))
+            self.machine.append((now, busy, steal))
 
     def __enter__(self) -> TreeMonitor:
         self.peak = self.sample()
         self._start_cpu = dict(self._last_cpu)
-        self.timeline = [(time.perf_counter(), 0.0)]
+        now = time.perf_counter()
+        self.timeline = [(now, 0.0)]
+        if (machine := machine_cpu()) is not None:
+            self._machine_start = machine
+            self.machine = [(now, 0.0, 0.0)]
         self._thread.start()
         return self
 
@@ -162,6 +210,25 @@ class TreeMonitor:
     def cpu_seconds(self) -> float:
         """CPU seconds the tree used between ``__enter__`` and ``__exit__``."""
         return sum(cpu - self._start_cpu.get(key, 0.0) for key, cpu in self._last_cpu.items())
+
+
+#: Clock ticks per second of ``/proc/stat``.
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """Busy and steal CPU seconds of the whole machine since boot, or None off Linux.
+
+    Busy is user, nice, system, irq and softirq time: everything but idle,
+    I/O wait and steal (guest time is already inside user time).
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq) / _TICKS, steal / _TICKS
 
 
 @contextlib.contextmanager
@@ -177,6 +244,7 @@ def measured(usage: Usage) -> Iterator[None]:
     usage.cpu = monitor.cpu_seconds
     usage.peak_rss = monitor.peak
     usage.timeline = monitor.timeline
+    usage.machine = monitor.machine
 
 
 def release_memory() -> None:

@@ -121,6 +121,8 @@ def summarize(
     if case.kind == "w1":
         row["stages_cpu_util"] = _extra(plain, "stages_cpu_util")
         row["stage_cpu_utils"] = _per_stage(_ran(plain))
+        row["stages_machine_busy"] = _extra(plain, "stages_machine_busy")
+        row["stages_steal"] = _extra(plain, "stages_steal")
     if case.kind == "scale":
         for key in ("arrays", "graph_nodes", "copy_tasks", "stages", "run_arrays", "run_tasks"):
             row[key] = _extra(plain, key)
@@ -158,6 +160,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def w1_table(rows: list[dict[str, Any]]) -> str:
     header = ["case", "wall s", "ratio", "CPU util", "CPU in stages", "per stage"]
+    header += ["machine busy in stages", "steal"]
     header += ["peak RSS MiB", "increase MiB", "RSS bound", "check", "setup s", "notes"]
     body = [
         [
@@ -167,6 +170,8 @@ def w1_table(rows: list[dict[str, Any]]) -> str:
             _cell(r["cpu_util"]),
             _cell(r.get("stages_cpu_util")),
             " / ".join(_cell(v) for v in r.get("stage_cpu_utils") or []) or "-",
+            _cell(r.get("stages_machine_busy")),
+            _cell(r.get("stages_steal")),
             _cell(r["peak_rss_mib"], 0),
             _cell(r["rss_increase_mib"], 0) if r["process_based"] else "-",
             _cell(r["within_bound"]),
@@ -287,6 +292,7 @@ def goal_lines(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"{where}: CPU {util:.2f} during the stages, {r['cpu_util']:.2f} over the "
                 f"timed part (goal >= 1.8 during the stages: {_verdict(util >= 1.8)})"
+                + _machine_note(r)
             )
         if name == "latency-threads" and r.get("concurrency") is not None:
             c = r["concurrency"]
@@ -294,6 +300,19 @@ def goal_lines(rows: list[dict[str, Any]]) -> list[str]:
         if r["workload"] == "scale":
             lines += scale_goals(r)
     return lines
+
+
+def _machine_note(row: dict[str, Any]) -> str:
+    """What else ran on the machine during the stages, when it was measured.
+
+    >>> _machine_note({"stages_cpu_util": 1.76, "stages_machine_busy": 1.97, "stages_steal": 0.02})
+    '; the machine was busy 1.97 (others 0.21) with 0.02 stolen'
+    """
+    busy, steal = row.get("stages_machine_busy"), row.get("stages_steal")
+    if busy is None or steal is None:
+        return ""
+    others = busy - row["stages_cpu_util"]
+    return f"; the machine was busy {busy:.2f} (others {others:.2f}) with {steal:.2f} stolen"
 
 
 def scale_goals(r: dict[str, Any]) -> list[str]:

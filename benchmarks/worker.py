@@ -57,7 +57,8 @@ def run_w1(job: Job, work_dir: Path) -> Outcome:
 
 
 def stage_cpu(outcome: Outcome, windows: list[tuple[float, float]]) -> None:
-    """Add the CPU utilisation during the stages, whole and per stage (ours only)."""
+    """Add the CPU utilisation during the stages, whole and per stage (ours only),
+    and how busy the whole machine was then, and the hypervisor's steal."""
     if not windows:
         return
     usage = outcome.usage
@@ -66,9 +67,14 @@ def stage_cpu(outcome: Outcome, windows: list[tuple[float, float]]) -> None:
         value = usage.cpu_util_between(start, end)
         return None if math.isnan(value) else value
 
-    outcome.extra["stages_s"] = windows[-1][1] - windows[0][0]
-    outcome.extra["stages_cpu_util"] = util(windows[0][0], windows[-1][1])
+    start, end = windows[0][0], windows[-1][1]
+    outcome.extra["stages_s"] = end - start
+    outcome.extra["stages_cpu_util"] = util(start, end)
     outcome.extra["stage_cpu_utils"] = [util(*w) for w in windows]
+    busy, steal = usage.machine_between(start, end)
+    if not math.isnan(busy):
+        outcome.extra["stages_machine_busy"] = busy
+        outcome.extra["stages_steal"] = steal
 
 
 def prepare(job: Job, work_dir: Path) -> Outcome:

@@ -20,6 +20,7 @@ from rechunker_core.spec import StagedCopySpec
 __all__ = [
     "BUILTIN_EXECUTORS",
     "Executor",
+    "engine_memory",
     "get_executor",
     "import_engine",
     "refuse_in_memory",
@@ -53,6 +54,10 @@ class Executor(Protocol[T]):
         anyway (a plan run on another scheduler than the one declared),
         opening it raises the same ``ValueError``
         (:meth:`rechunker_core.locations.StoreLocation.open_store`).
+
+    An executor may also have ``engine_memory``, an int: the bytes its
+    engine holds on each worker besides the tasks while a plan runs (see
+    :func:`engine_memory`). The planner counts it in every task's peak.
     """
 
     shares_memory: bool
@@ -110,6 +115,22 @@ def get_executor(executor: str | Executor[Any]) -> Executor[Any]:
     factory = getattr(importlib.import_module(module_name), attribute)
     instance: Executor[Any] = factory()
     return instance
+
+
+def engine_memory(executor: Executor[Any]) -> int:
+    """The bytes ``executor``'s engine holds per worker besides the tasks: 0 when undeclared.
+
+    >>> from rechunker_core.executors.threads import ThreadsExecutor
+    >>> engine_memory(ThreadsExecutor())
+    0
+    """
+    value = getattr(executor, "engine_memory", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"{type(executor).__name__}.engine_memory={value!r} must be a non-negative int "
+            "(bytes per worker)"
+        )
+    return value
 
 
 def import_engine(module: str, extra: str) -> Any:

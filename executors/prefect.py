@@ -69,6 +69,12 @@ class PrefectExecutor:
     process raises ``ValueError``.
     """
 
+    #: What Prefect holds per worker while a flow runs, besides the tasks: each
+    #: task run's state, events and validated models (pydantic-core allocates
+    #: outside Python's heap). Measured 0.5-2.3 MB per worker above what the same
+    #: plan holds on threads (benchmarks/memory_model.py).
+    engine_memory = 4 * 2**20
+
     def __init__(
         self,
         task_runner: Any | None = None,

@@ -34,7 +34,7 @@ from rechunker_core.display import (
     summary_line,
     text_table,
 )
-from rechunker_core.executors import Executor, get_executor, refuse_in_memory
+from rechunker_core.executors import Executor, engine_memory, get_executor, refuse_in_memory
 from rechunker_core.jobs import ArrayJob, plan_jobs
 from rechunker_core.locations import StoreLocation
 from rechunker_core.options import Options, ZarrFormat, parse_bytes, resolve_options
@@ -256,7 +256,7 @@ def rechunk(
     dest = resolve_destination(
         target_store, temp_store, options, array_name=array_name, source_is_group=found.is_group
     )
-    jobs = plan_jobs(found, target_chunks, memory, dest, options)
+    jobs = plan_jobs(found, target_chunks, memory, dest, options, engine_memory(chosen))
     return _prepare(found, jobs, dest, chosen, options.zarr_format, keep_temp, resume, retry)
 
 

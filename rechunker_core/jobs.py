@@ -8,6 +8,7 @@ array's stage layout.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ __all__ = ["ArrayJob", "overwrites", "plan_jobs"]
 
 #: Memory models of the intermediates (None: no temp store) and the target.
 _Models = tuple[MemoryModel | None, MemoryModel]
+
+#: An executor's ``engine_memory`` counts in a plan when ``max_mem`` is at least
+#: this many times larger (:func:`_with_engine`).
+ENGINE_SHARE = 8
 
 #: Warn when leaving out temp_store makes the estimated work this many times larger.
 WARN_COST_RATIO = 1.5
@@ -126,6 +131,7 @@ def _layout(
     max_mem: int,
     models: _Models,
     dest: Destination,
+    engine_memory: int = 0,
 ) -> Layout:
     """The cheapest layout; without a temp store, the cheapest single stage that fits.
 
@@ -133,21 +139,27 @@ def _layout(
     max_mem. When the single stage costs much more than the best layout, an
     ExcessiveIOWarning says so, since the user may simply have left out
     temp_store.
+
+    ``engine_memory`` (the executor's, see :func:`_with_engine`) counts in
+    every task's peak.
     """
     ref, (temp_memory, target_memory) = array.ref, models
 
-    def plan(max_stages: int = MAX_LAYOUT_STAGES) -> Layout:
+    def plan_within(budget: int, max_stages: int) -> Layout:
         return plan_layout(
             ref.shape,
             ref.dtype.itemsize,
             ref.read_chunks,
             write_chunks,
-            max_mem,
+            budget,
             max_stages=max_stages,
             source_memory=array.memory,
             memory=temp_memory or target_memory,
             target_memory=target_memory,
         )
+
+    def plan(max_stages: int = MAX_LAYOUT_STAGES) -> Layout:
+        return _with_engine(plan_within, max_mem, engine_memory, max_stages)
 
     best = plan()  # raises, naming the least max_mem, if none fits
     if temp_memory is not None or len(best.stages) == 1:
@@ -170,6 +182,38 @@ def _layout(
     return single
 
 
+def _with_engine(plan_within: Any, max_mem: int, engine_memory: int, max_stages: int) -> Layout:
+    """``plan_within(budget, max_stages)``, with the engine's memory added to each task's peak.
+
+    An engine that runs tasks on its own threads holds memory of its own on
+    each worker while they run (Beam's runner, Prefect's task runs: see the
+    executors' ``engine_memory``). It counts only when ``max_mem`` is at
+    least :data:`ENGINE_SHARE` times as large: below, the engine's fixed
+    costs, like the interpreter's, are beyond what a task's budget can
+    promise. The layout is the one ``max_mem`` gives when it still fits with
+    that added, so a plan stays the same on every executor unless its tasks
+    come that close to ``max_mem``; else the tasks are planned within what
+    is left.
+    """
+    layout: Layout = plan_within(max_mem, max_stages)
+    engine = engine_memory if max_mem >= ENGINE_SHARE * engine_memory else 0
+    if engine <= 0:
+        return layout
+    if layout.peak_task_memory + engine > max_mem:
+        try:
+            layout = plan_within(max_mem - engine, max_stages)
+        except ValueError as error:
+            raise ValueError(
+                f"max_mem={max_mem} leaves {max_mem - engine} bytes for the tasks once the "
+                f"executor's engine holds its own {engine} per worker, and {error}; add "
+                f"{engine} bytes to what that needs"
+            ) from None
+    stages = tuple(
+        dataclasses.replace(s, peak_task_memory=s.peak_task_memory + engine) for s in layout.stages
+    )
+    return dataclasses.replace(layout, stages=stages)
+
+
 def _models(dest: Destination, target: StoreLocation, sharded: bool) -> _Models:
     """Memory models for the intermediates (None without a temp store) and the target."""
     temp = dest.temp
@@ -182,9 +226,18 @@ def _is_local(location: StoreLocation) -> bool:
 
 
 def plan_jobs(
-    source: Source, target_chunks: Any, max_mem: int, dest: Destination, options: Options
+    source: Source,
+    target_chunks: Any,
+    max_mem: int,
+    dest: Destination,
+    options: Options,
+    engine_memory: int = 0,
 ) -> list[ArrayJob]:
     """One job per array ``target_chunks`` selects, each with its layout.
+
+    ``engine_memory``: bytes the executor's engine holds per worker besides
+    the tasks (:func:`rechunker_core.executors.engine_memory`), counted in
+    every task's peak.
 
     Raises
     ------
@@ -206,7 +259,7 @@ def plan_jobs(
         write_chunks = _write_chunks(chunks, array_options, array)
         target = dest.array_target(array.name)
         models = _models(dest, target, array_options.shards is not None)
-        layout = _layout(array, write_chunks, max_mem, models, dest)
+        layout = _layout(array, write_chunks, max_mem, models, dest, engine_memory)
         if len(layout.stages) > 1 and dest.temp is None:
             raise ValueError(
                 f"rechunking {what} from chunks {ref.read_chunks} to {chunks} within max_mem "

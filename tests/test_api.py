@@ -599,3 +599,104 @@ def test_unknown_executor_lists_every_registered_name(
     # The registered plugin name works like a built-in one.
     target = call(disk_source, tmp_path, executor="plugin-python").execute()
     npt.assert_array_equal(target[...], disk_source[...])
+
+
+# --------------------------------------------------------------------------
+# The engine's own memory
+# --------------------------------------------------------------------------
+
+
+class EngineExecutor(PythonExecutor):
+    """The python executor, declaring that its engine holds ``engine_memory`` per worker."""
+
+    def __init__(self, engine_memory: Any) -> None:
+        self.engine_memory = engine_memory
+
+
+def stage_tasks(rechunked: Rechunked) -> list[tuple[int, ...]]:
+    return [tuple(stage.task_chunks) for stage in rechunked.spec[0].stages]
+
+
+def test_an_engines_own_memory_counts_in_every_task_peak(make_array: ArrayFactory) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    plain = rechunk(source, TARGET_CHUNKS, 100_000, MemoryStore(), temp_store=MemoryStore())
+    target = MemoryStore()
+    engine = rechunk(
+        source,
+        TARGET_CHUNKS,
+        100_000,
+        target,
+        executor=EngineExecutor(1000),
+        temp_store=MemoryStore(),
+    )
+    # Far from max_mem, the tasks are the same; each peak holds the engine's memory too.
+    assert stage_tasks(engine) == stage_tasks(plain)
+    assert engine.peak_task_memory == plain.peak_task_memory + 1000
+    engine.execute()
+    assert_same_array(zarr.open_array(target), source)
+
+
+def test_tasks_shrink_to_leave_room_for_the_engine(make_array: ArrayFactory) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    max_mem = rechunk(
+        source, TARGET_CHUNKS, 100_000, MemoryStore(), temp_store=MemoryStore()
+    ).peak_task_memory
+    plain = rechunk(source, TARGET_CHUNKS, max_mem, MemoryStore(), temp_store=MemoryStore())
+    assert plain.peak_task_memory == max_mem  # the tightest budget of that plan
+    target = MemoryStore()
+    engine_memory = max_mem // 8
+    engine = rechunk(
+        source,
+        TARGET_CHUNKS,
+        max_mem,
+        target,
+        executor=EngineExecutor(engine_memory),
+        temp_store=MemoryStore(),
+    )
+    assert stage_tasks(engine) != stage_tasks(plain)
+    assert engine.peak_task_memory <= max_mem
+    engine.execute()
+    assert_same_array(zarr.open_array(target), source)
+
+
+def test_an_engine_larger_than_an_eighth_of_max_mem_is_not_counted(
+    make_array: ArrayFactory,
+) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    plain = rechunk(source, TARGET_CHUNKS, 100_000, MemoryStore(), temp_store=MemoryStore())
+    engine = rechunk(
+        source,
+        TARGET_CHUNKS,
+        100_000,
+        MemoryStore(),
+        executor=EngineExecutor(12_501),
+        temp_store=MemoryStore(),
+    )
+    assert engine.peak_task_memory == plain.peak_task_memory
+
+
+def test_a_budget_the_engine_leaves_too_small_is_refused_naming_both(
+    make_array: ArrayFactory,
+) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    least = least_max_mem(source, TARGET_CHUNKS)
+    target = MemoryStore()
+    with pytest.raises(ValueError, match=rf"max_mem={least} leaves {least - least // 8} bytes"):
+        rechunk(
+            source,
+            TARGET_CHUNKS,
+            least,
+            target,
+            temp_store=MemoryStore(),
+            executor=EngineExecutor(least // 8),
+        )
+    assert not list(snapshot(target))
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "4MB", True])
+def test_a_bad_engine_memory_is_refused_by_name(make_array: ArrayFactory, value: Any) -> None:
+    source = make_array(MemoryStore(), SHAPE, SOURCE_CHUNKS, dtype="i4")
+    target = MemoryStore()
+    with pytest.raises(ValueError, match=re.escape(f"EngineExecutor.engine_memory={value!r}")):
+        rechunk(source, TARGET_CHUNKS, 100_000, target, executor=EngineExecutor(value))
+    assert not list(snapshot(target))

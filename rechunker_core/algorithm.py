@@ -266,8 +266,9 @@ class MemoryModel:
 #: What a task holds beyond its array data, at most (an eighth of its region
 #: for small tasks): the codecs' working memory (c-blosc's blocks, a zstd
 #: context: about 1 MiB per call, outside numpy's buffers) and the slack of the
-#: heap its buffers come from (benchmarks/memory_model.py).
-TASK_ALLOWANCE = 4 * 2**20
+#: heap its buffers come from: 2.7-6.5 MB per worker on threads at max_mem=64MB
+#: (benchmarks/memory_model.py, docs/algorithm.md).
+TASK_ALLOWANCE = 8 * 2**20
 
 
 def task_peak(

@@ -45,6 +45,10 @@ ENTRY_POINT_GROUP = "rechunker_core.executors"
 class Executor(Protocol[T]):
     """Turns specs into an engine's plan, and runs plans.
 
+    An executor may also have ``engine_memory``, an int: the bytes its
+    engine holds on each worker besides the tasks while a plan runs (see
+    :func:`engine_memory`). The planner counts it in every task's peak.
+
     Attributes
     ----------
     shares_memory : bool
@@ -54,10 +58,6 @@ class Executor(Protocol[T]):
         anyway (a plan run on another scheduler than the one declared),
         opening it raises the same ``ValueError``
         (:meth:`rechunker_core.locations.StoreLocation.open_store`).
-
-    An executor may also have ``engine_memory``, an int: the bytes its
-    engine holds on each worker besides the tasks while a plan runs (see
-    :func:`engine_memory`). The planner counts it in every task's peak.
     """
 
     shares_memory: bool

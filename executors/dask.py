@@ -78,6 +78,13 @@ class DaskExecutor:
     store, instead of writing to a copy of it.
     """
 
+    #: What dask holds per worker while a plan runs, besides the tasks: the
+    #: scheduler's state and each task's results and callbacks (threaded
+    #: scheduler), a worker's comms and task records (distributed). Measured
+    #: 0.8-1.4 MB per worker above the same plan on threads on average, and up
+    #: to 3 MB in single runs (benchmarks/memory_model.py at 64 MB).
+    engine_memory = 2 * 2**20
+
     def __init__(self, batch_size: int | None = None, **compute_kwargs: Any) -> None:
         import_engine("dask", "dask")  # fail here, before rechunk() writes anything
         if batch_size is not None and batch_size < 1:

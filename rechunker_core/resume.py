@@ -168,7 +168,9 @@ def check_marker(place: StoreLocation, plan: dict[str, Any], dest: Destination) 
         raise ValueError(
             f"resume=True, but the interrupted run into {where} made another plan: "
             f"{_plan_difference(marker.get('plan') or {}, plan)}; resume with the same "
-            "source, target_chunks and max_mem, or pass target_options={'overwrite': True}"
+            "source, target_chunks, max_mem and executor (an executor's engine memory "
+            "shrinks tasks that come close to max_mem), or pass "
+            "target_options={'overwrite': True}"
         )
     recorded = (marker.get("temp") or {}).get("identity")
     given = str(dest.temp.base.identity) if dest.temp is not None else None

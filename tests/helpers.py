@@ -411,3 +411,10 @@ MODES += [
         cases=_ACROSS_PROCESSES,
     ),
 ]
+
+
+class EngineExecutor(PythonExecutor):
+    """The python executor, declaring that its engine holds ``engine_memory`` per worker."""
+
+    def __init__(self, engine_memory: Any) -> None:
+        self.engine_memory = engine_memory

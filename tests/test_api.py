@@ -26,6 +26,7 @@ from rechunker_core.executors import BUILTIN_EXECUTORS, registered_executors
 from rechunker_core.executors.python import PythonExecutor
 from tests.helpers import (
     ArrayFactory,
+    EngineExecutor,
     GroupFactory,
     assert_same_array,
     assert_same_group,
@@ -604,13 +605,6 @@ def test_unknown_executor_lists_every_registered_name(
 # --------------------------------------------------------------------------
 # The engine's own memory
 # --------------------------------------------------------------------------
-
-
-class EngineExecutor(PythonExecutor):
-    """The python executor, declaring that its engine holds ``engine_memory`` per worker."""
-
-    def __init__(self, engine_memory: Any) -> None:
-        self.engine_memory = engine_memory
 
 
 def stage_tasks(rechunked: Rechunked) -> list[tuple[int, ...]]:

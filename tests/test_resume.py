@@ -41,7 +41,7 @@ from rechunker_core.executors.threads import ThreadsExecutor
 from rechunker_core.journal import INCOMPLETE_KEY, JOURNAL_KEY, finished
 from rechunker_core.locations import CLAIM_KEY, ClaimError
 from tests.faults import FaultyStore, digest, log_tasks, task_name
-from tests.helpers import snapshot
+from tests.helpers import EngineExecutor, snapshot
 
 Source = Callable[..., Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -418,6 +418,8 @@ def test_progress_of_a_resumed_run_counts_what_was_done(
     [
         ({"target_chunks": (2, 48)}, "target_chunks"),
         ({"max_mem": 20000}, "stages"),
+        # An engine's own memory shrinks tasks this close to max_mem.
+        ({"executor": EngineExecutor(TWO_STAGES // 8)}, "max_mem and executor"),
         ({"target_options": {"compressors": None}}, "codecs"),
         ({"temp_store": "other.zarr"}, "pass the same temp_store"),
         ({"target_options": {"overwrite": True}}, "pass one of them"),

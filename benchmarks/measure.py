@@ -4,7 +4,7 @@ The tree is this process and every descendant (dask workers and nannies, the
 Prefect server). A daemon thread samples it every ``interval`` seconds with
 psutil; the sampler's own CPU is counted too (it is well under 1% of a core).
 
-The same thread reads the machine's CPU times (``/proc/stat``), so a table
+The same thread reads the machine's CPU times, so a table
 can tell a tree that leaves cores idle from one that shares busy cores with
 the kernel's threads, other processes and the hypervisor (steal time).
 """
@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import gc
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +44,7 @@ class Usage:
     #: ``(time.perf_counter(), CPU seconds so far)`` at each sample of the timed part.
     timeline: list[tuple[float, float]] = field(default_factory=list)
     #: ``(time.perf_counter(), busy CPU seconds, steal seconds)`` of the whole machine
-    #: at each sample, counted from the start (empty where ``/proc/stat`` is missing).
+    #: at each sample, counted from the start.
     machine: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
@@ -186,18 +185,16 @@ class TreeMonitor:
         self.peak = max(self.peak, self.sample())
         now = time.perf_counter()
         self.timeline.append((now, self.cpu_seconds))
-        if (machine := machine_cpu()) is not None:
-            busy, steal = (m - m0 for m, m0 in zip(machine, self._machine_start))
-            self.machine.append((now, busy, steal))
+        busy, steal = (m - m0 for m, m0 in zip(machine_cpu(), self._machine_start))
+        self.machine.append((now, busy, steal))
 
     def __enter__(self) -> TreeMonitor:
         self.peak = self.sample()
         self._start_cpu = dict(self._last_cpu)
         now = time.perf_counter()
         self.timeline = [(now, 0.0)]
-        if (machine := machine_cpu()) is not None:
-            self._machine_start = machine
-            self.machine = [(now, 0.0, 0.0)]
+        self._machine_start = machine_cpu()
+        self.machine = [(now, 0.0, 0.0)]
         self._thread.start()
         return self
 
@@ -212,23 +209,17 @@ class TreeMonitor:
         return sum(cpu - self._start_cpu.get(key, 0.0) for key, cpu in self._last_cpu.items())
 
 
-#: Clock ticks per second of ``/proc/stat``.
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+def machine_cpu() -> tuple[float, float]:
+    """Busy and steal CPU seconds of the whole machine since boot (psutil).
 
-
-def machine_cpu() -> tuple[float, float] | None:
-    """Busy and steal CPU seconds of the whole machine since boot, or None off Linux.
-
-    Busy is user, nice, system, irq and softirq time: everything but idle,
-    I/O wait and steal (guest time is already inside user time).
+    Busy is every CPU second but idle, I/O wait and steal (guest time is
+    already inside user time); steal is 0 where the system does not report it.
     """
-    try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-    return (user + nice + system + irq + softirq) / _TICKS, steal / _TICKS
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    steal = getattr(times, "steal", 0.0)
+    guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return sum(times) - idle - steal - guest, steal
 
 
 @contextlib.contextmanager

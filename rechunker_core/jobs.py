@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -182,7 +182,9 @@ def _layout(
     return single
 
 
-def _with_engine(plan_within: Any, max_mem: int, engine_memory: int, max_stages: int) -> Layout:
+def _with_engine(
+    plan_within: Callable[[int, int], Layout], max_mem: int, engine_memory: int, max_stages: int
+) -> Layout:
     """``plan_within(budget, max_stages)``, with the engine's memory added to each task's peak.
 
     An engine that runs tasks on its own threads holds memory of its own on
@@ -195,7 +197,7 @@ def _with_engine(plan_within: Any, max_mem: int, engine_memory: int, max_stages:
     come that close to ``max_mem``; else the tasks are planned within what
     is left.
     """
-    layout: Layout = plan_within(max_mem, max_stages)
+    layout = plan_within(max_mem, max_stages)
     engine = engine_memory if max_mem >= ENGINE_SHARE * engine_memory else 0
     if engine <= 0:
         return layout

@@ -119,7 +119,10 @@ class BeamExecutor:
         # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
         _ = pipeline | _rechunk_class()(plan.specs, plan.feed)
         here = _workers_in_this_process(pipeline)
-        with plan.feed.listening(progress), running_here() if here else contextlib.nullcontext():
+        with (
+            plan.feed.listening(progress),
+            running_here(here) if here else contextlib.nullcontext(),
+        ):
             state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the rechunk pipeline ended in state {state}")
@@ -134,8 +137,12 @@ def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:
     return PipelineOptions(flags=[], **dict(options or {}))
 
 
-def _workers_in_this_process(pipeline: Any) -> bool:
-    """Whether ``pipeline`` runs on the DirectRunner with its workers as threads here."""
+def _workers_in_this_process(pipeline: Any) -> int:
+    """How many workers run ``pipeline`` as threads of this process: those of the
+    DirectRunner in ``multi_threading`` mode, one in ``in_memory`` mode (its
+    default), else 0 (other processes, or another runner)."""
+    import os
+
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.runners.direct.direct_runner import (
         BundleBasedDirectRunner,
@@ -143,9 +150,13 @@ def _workers_in_this_process(pipeline: Any) -> bool:
     )
 
     if not isinstance(pipeline.runner, (SwitchingDirectRunner, BundleBasedDirectRunner)):
-        return False
-    mode = pipeline.options.view_as(DirectOptions).direct_running_mode
-    return mode in ("in_memory", "multi_threading")
+        return 0
+    direct = pipeline.options.view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+        return 1
+    if direct.direct_running_mode == "multi_threading":
+        return int(direct.direct_num_workers) or os.cpu_count() or 1
+    return 0
 
 
 @cache

@@ -29,7 +29,7 @@ import contextlib
 import sys
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from rechunker_core.copy import (
@@ -142,8 +142,8 @@ class DaskExecutor:
         if progress is not None and (client := _client(kwargs.get("scheduler"))) is not None:
             _follow_futures(client, plan, progress)
             return
-        here = not _uses_other_processes(kwargs.get("scheduler"))
-        with running_here() if here else contextlib.nullcontext():
+        here = 0 if _uses_other_processes(kwargs.get("scheduler")) else _threads_here(kwargs)
+        with running_here(here) if here else contextlib.nullcontext():
             if progress is None:
                 dask.compute(plan, **kwargs)
                 return
@@ -207,6 +207,22 @@ def _uses_other_processes(scheduler: Any) -> bool:
     get = base.get_scheduler(scheduler=scheduler)
     owner = getattr(get, "__self__", None)
     return get is multiprocessing.get or type(owner).__name__ == "Client"
+
+
+def _threads_here(kwargs: dict[str, Any]) -> int:
+    """How many threads dask's local scheduler runs tasks on with ``kwargs``
+    (``dask.compute``'s): one for the synchronous scheduler, else as
+    ``dask.threaded.get`` counts them."""
+    dask = import_engine("dask", "dask")
+    scheduler = kwargs.get("scheduler", dask.config.get("scheduler", None))
+    if scheduler in ("sync", "synchronous", "single-threaded"):
+        return 1
+    pool = scheduler if isinstance(scheduler, Executor) else kwargs.get("pool")
+    pool = pool or dask.config.get("pool", None)
+    if pool is not None:
+        return int(getattr(pool, "_max_workers", 1))
+    workers = kwargs.get("num_workers") or dask.config.get("num_workers", None)
+    return int(workers or import_engine("dask.system", "dask").CPU_COUNT)
 
 
 # The functions dask runs. Extra positional arguments are the keys a task waits

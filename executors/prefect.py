@@ -95,7 +95,7 @@ class PrefectExecutor:
     @property
     def shares_memory(self) -> bool:
         """Whether the task runner runs tasks in this process (a thread pool)."""
-        return self.task_runner is None or _in_this_process(self.task_runner)
+        return self.task_runner is None or _threads_here(self.task_runner) > 0
 
     def prepare_plan(self, specs: Sequence[StagedCopySpec]) -> Any:
         """Return a Prefect flow that runs ``specs`` when called with no arguments."""
@@ -151,16 +151,19 @@ class PrefectExecutor:
         """
         feed: Feed = getattr(plan.fn, "feed", Feed(None))
         flow = plan.with_options(**kwargs) if kwargs else plan
-        here = _in_this_process(flow.task_runner)
-        with feed.listening(progress), running_here() if here else contextlib.nullcontext():
+        here = _threads_here(flow.task_runner)
+        with feed.listening(progress), running_here(here) if here else contextlib.nullcontext():
             flow()
 
 
-def _in_this_process(task_runner: Any) -> bool:
-    """Whether ``task_runner`` runs task runs in this process: a ``ThreadPoolTaskRunner``."""
+def _threads_here(task_runner: Any) -> int:
+    """How many threads of this process ``task_runner`` runs task runs on: those
+    of a ``ThreadPoolTaskRunner``, else 0."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return isinstance(task_runner, ThreadPoolTaskRunner)
+    if not isinstance(task_runner, ThreadPoolTaskRunner):
+        return 0
+    return int(getattr(task_runner, "_max_workers", 1))  # Prefect's own count, not public
 
 
 # The functions Prefect runs.

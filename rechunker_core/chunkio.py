@@ -6,7 +6,9 @@ on one event-loop thread; with several task threads they mostly wait for it
 decodes them with numcodecs straight into the task's region buffer where a
 chunk is contiguous in it, and encodes and stores its write chunks itself.
 Buffers are reused across the tasks a thread runs, so fresh pages are not
-zeroed again and again.
+zeroed again and again. Local chunks of a task may also be handled by the
+helpers of idle workers (:mod:`rechunker_core.assist`), each in its own
+thread, each chunk by exactly one thread.
 
 It reads zarr's array metadata (``codecs`` as their JSON configuration,
 format 2's ``compressor``, ``encode_chunk_key``) and runs store requests
@@ -49,6 +51,7 @@ from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from rechunker_core.algorithm import MemoryModel
+from rechunker_core.assist import ASSIST
 from rechunker_core.blocks import Blocks
 from rechunker_core.geometry import Region
 from rechunker_core.retry import RetryPolicy, retrying, retrying_async
@@ -561,8 +564,11 @@ class _LocalChunks:
         """
         room = _Room()
         for i, key in enumerate(keys):
-            read = partial(self._read, key, room)
-            yield i, retrying(read, self._what("reading", key), self.retry)
+            yield i, self.read(key, room)
+
+    def read(self, key: str, room: _Room) -> memoryview | None:
+        """The bytes of chunk ``key`` in ``room`` (valid until it is used again), or None."""
+        return retrying(partial(self._read, key, room), self._what("reading", key), self.retry)
 
     def _read(self, key: str, room: _Room) -> memoryview | None:
         try:
@@ -583,7 +589,11 @@ class _LocalChunks:
     def write_many(self, items: Iterator[tuple[str, Any]]) -> None:
         """Store each ``(key, bytes-like)``, one after another."""
         for key, data in items:
-            retrying(partial(self._write, key, data), self._what("writing", key), self.retry)
+            self.write(key, data)
+
+    def write(self, key: str, data: Any) -> None:
+        """Store ``data`` as chunk ``key``, whole or not at all."""
+        retrying(partial(self._write, key, data), self._what("writing", key), self.retry)
 
     def _write(self, key: str, data: Any) -> None:
         path = self._path(key)
@@ -840,33 +850,53 @@ class ChunkIO:
 
         A chunk that is one contiguous run of a block is decoded (or, stored
         raw on a local disk, read) straight into it; any other is decoded into
-        a scratch chunk and copied into the blocks it spans.
+        a scratch chunk and copied into the blocks it spans. Local chunks are
+        shared with idle workers' helpers (:mod:`rechunker_core.assist`).
         """
         pieces = list(_pieces(region, self.chunks, self.shape))
+        if isinstance(self._store, _LocalChunks):
+            return ASSIST.each(pieces, partial(self._local_reader, blocks, self._store))
         scratch = SCRATCH.take(self.chunks, self.dtype)
         try:
-            if self.codec.compressor is None and isinstance(self._store, _LocalChunks):
-                return self._read_raw(pieces, blocks, scratch, self._store)
             return self._read_encoded(pieces, blocks, scratch)
         finally:
             SCRATCH.give(scratch)
 
-    def _read_raw(
-        self,
-        pieces: list[_Piece],
-        blocks: Blocks,
-        scratch: np.ndarray[Any, Any],
-        store: _LocalChunks,
-    ) -> int:
-        absent = 0
-        for piece in pieces:
+    @contextlib.contextmanager
+    def _local_reader(
+        self, blocks: Blocks, store: _LocalChunks
+    ) -> Iterator[Callable[[_Piece], int]]:
+        """Reads one piece at a time in one thread; returns 1 for an absent chunk.
+        A raw chunk is read straight into place; the scratch chunk and the read
+        buffer are this thread's, the scratch taken only if a piece needs it."""
+        raw = self.codec.compressor is None
+        room = _Room()
+        scratch: np.ndarray[Any, Any] | None = None
+
+        def read(piece: _Piece) -> int:
+            nonlocal scratch
             direct = blocks.view(piece.in_region) if piece.whole else None
-            if not store.read_into(self._key(piece.coords), scratch if direct is None else direct):
+            if direct is None and scratch is None:
+                scratch = SCRATCH.take(self.chunks, self.dtype)
+            out = scratch if direct is None else direct
+            assert out is not None
+            key = self._key(piece.coords)
+            if raw:
+                found = store.read_into(key, out)
+            elif found := (data := store.read(key, room)) is not None:
+                self.codec.decode_into(data, out)
+            if not found:
                 blocks.assign(piece.in_region, self._fill)
-                absent += 1
-            elif direct is None:
-                blocks.assign(piece.in_region, scratch[piece.in_chunk])
-        return absent
+                return 1
+            if direct is None:
+                blocks.assign(piece.in_region, out[piece.in_chunk])
+            return 0
+
+        try:
+            yield read
+        finally:
+            if scratch is not None:
+                SCRATCH.give(scratch)
 
     def _read_encoded(
         self, pieces: list[_Piece], blocks: Blocks, scratch: np.ndarray[Any, Any]
@@ -887,21 +917,42 @@ class ChunkIO:
         return absent
 
     def write_blocks(self, region: Region, blocks: Blocks) -> None:
-        """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk."""
+        """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk.
+
+        Local chunks are shared with idle workers' helpers (:mod:`rechunker_core.assist`)."""
         assert blocks.chunks == self.chunks
         blocks.fill_padding(self._fill)
-        self._store.write_many(self._encoded(region, blocks))
+        origin = tuple(s.start // c for s, c in zip(region, self.chunks, strict=True))
+        if isinstance(self._store, _LocalChunks):
+            indices = [index for index, _, _ in blocks.pieces()]
+            ASSIST.each(indices, partial(self._local_writer, origin, blocks, self._store))
+            return
+        encoded = (self._encoded(origin, blocks, index) for index, _, _ in blocks.pieces())
+        self._store.write_many(item for item in encoded if item is not None)
 
-    def _encoded(self, region: Region, blocks: Blocks) -> Iterator[tuple[str, Any]]:
-        """Each chunk's key and encoded bytes, lazily: a store pulls the next chunk
-        when it has room for it."""
-        origin = [s.start // c for s, c in zip(region, self.chunks, strict=True)]
-        for index, _, _ in blocks.pieces():
-            block = blocks.block(index)
-            if self.skip_empty and all_fill(block, self.fill_value):
-                continue
-            coords = tuple(o + i for o, i in zip(origin, index, strict=True))
-            yield self._key(coords), self.codec.encode(block)
+    @contextlib.contextmanager
+    def _local_writer(
+        self, origin: tuple[int, ...], blocks: Blocks, store: _LocalChunks
+    ) -> Iterator[Callable[[tuple[int, ...]], int]]:
+        """Encodes and stores one block at a time in one thread."""
+
+        def write(index: tuple[int, ...]) -> int:
+            if (item := self._encoded(origin, blocks, index)) is None:
+                return 0
+            store.write(*item)
+            return 1
+
+        yield write
+
+    def _encoded(
+        self, origin: tuple[int, ...], blocks: Blocks, index: tuple[int, ...]
+    ) -> tuple[str, Any] | None:
+        """The key and encoded bytes of one block, or None for a block left out."""
+        block = blocks.block(index)
+        if self.skip_empty and all_fill(block, self.fill_value):
+            return None
+        coords = tuple(o + i for o, i in zip(origin, index, strict=True))
+        return self._key(coords), self.codec.encode(block)
 
     def any_stored(self, region: Region) -> bool:
         """Whether any chunk ``region`` touches may be stored (else it reads as the fill

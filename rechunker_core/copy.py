@@ -41,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rechunker_core.assist import ASSIST
 from rechunker_core.blocks import Blocks
 from rechunker_core.chunkio import DELETIONS, FREED_MEMORY, REGIONS
 from rechunker_core.geometry import Region
@@ -117,13 +118,14 @@ def copy_region(stage: CopySpec, region: Region, done: Callable[[], bool] | None
     if not dtype.hasobject:
         buffer = REGIONS.take((Blocks.nbytes(region, chunks, dtype),), np.dtype(np.uint8))
     try:
-        blocks = Blocks(region, chunks, buffer, dtype)
-        if not isinstance(source, ZarrRef):
-            source.read_into(region, blocks)
-        elif source.read_counting(region, blocks) and _freed(stage, source, done):
+        with ASSIST.task():  # this worker is busy: helpers stand in only for idle ones
+            blocks = Blocks(region, chunks, buffer, dtype)
+            if not isinstance(source, ZarrRef):
+                source.read_into(region, blocks)
+            elif source.read_counting(region, blocks) and _freed(stage, source, done):
+                return True
+            stage.target.write(region, blocks)
             return True
-        stage.target.write(region, blocks)
-        return True
     finally:
         if buffer is not None:
             REGIONS.give(buffer)
@@ -592,7 +594,7 @@ def run_local(
     ``progress``: a :class:`Tracker`, or what a new one reports to.
     """
     tracker = as_tracker(specs, progress)
-    with running_here():
+    with running_here(workers):
         if workers <= 1:
             for round_ in rounds(specs):
                 for batch in round_.tasks():
@@ -606,14 +608,17 @@ def run_local(
 
 
 @contextmanager
-def running_here() -> Iterator[None]:
-    """Around a run whose tasks all run in this process, and which ends here too.
+def running_here(workers: int) -> Iterator[None]:
+    """Around a run whose tasks all run in this process, on ``workers`` workers
+    (threads) at most, and which ends here too.
 
-    Freed heap memory is kept for reuse (:data:`~rechunker_core.chunkio.FREED_MEMORY`)
-    and freed intermediate chunks are deleted on a thread of their own
-    (:data:`~rechunker_core.chunkio.DELETIONS`); the block ends once they are gone.
+    Freed heap memory is kept for reuse (:data:`~rechunker_core.chunkio.FREED_MEMORY`),
+    freed intermediate chunks are deleted on a thread of their own
+    (:data:`~rechunker_core.chunkio.DELETIONS`; the block ends once they are
+    gone), and while fewer tasks run than ``workers``, helpers take chunks of
+    the running ones (:data:`~rechunker_core.assist.ASSIST`).
     """
-    with FREED_MEMORY.kept(), DELETIONS.deferred():
+    with FREED_MEMORY.kept(), DELETIONS.deferred(), ASSIST.helping(workers):
         yield
 
 

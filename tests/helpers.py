@@ -418,3 +418,26 @@ class EngineExecutor(PythonExecutor):
 
     def __init__(self, engine_memory: Any) -> None:
         self.engine_memory = engine_memory
+
+
+def in_process_executor(name: str, request: pytest.FixtureRequest) -> Any:
+    """The executor ``name`` set to run every task in this process, on two threads."""
+    if name == "dask-threads":
+        pytest.importorskip("dask")
+        from rechunker_core.executors.dask import DaskExecutor
+
+        return DaskExecutor(scheduler="threads", num_workers=2)
+    if name.startswith("beam-"):
+        pytest.importorskip("apache_beam")
+        from rechunker_core.executors.beam import BeamExecutor
+
+        mode = name.removeprefix("beam-").replace("-", "_")
+        return BeamExecutor(options={"direct_running_mode": mode, "direct_num_workers": 2})
+    if name == "prefect-threads":
+        request.getfixturevalue("prefect_harness")
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from rechunker_core.executors.prefect import PrefectExecutor
+
+        return PrefectExecutor(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    return name

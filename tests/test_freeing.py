@@ -30,7 +30,7 @@ from rechunker_core.chunkio import DELETIONS
 from rechunker_core.copy import Batch, copy_region, finish, run_batch
 from rechunker_core.geometry import Region
 from rechunker_core.storage import ZarrRef
-from tests.helpers import snapshot
+from tests.helpers import in_process_executor, snapshot
 
 Source = Callable[..., Any]
 Coords = tuple[int, ...]
@@ -296,29 +296,6 @@ def test_deferred_frees_are_gone_at_each_flush_and_when_the_block_ends(
     assert names and set(names) == {"rechunk-delete"}
     target = rechunked.execute()
     npt.assert_array_equal(target[...], source[...])
-
-
-def in_process_executor(name: str, request: pytest.FixtureRequest) -> Any:
-    """The executor ``name`` set to run every task in this process, on two threads."""
-    if name == "dask-threads":
-        pytest.importorskip("dask")
-        from rechunker_core.executors.dask import DaskExecutor
-
-        return DaskExecutor(scheduler="threads", num_workers=2)
-    if name.startswith("beam-"):
-        pytest.importorskip("apache_beam")
-        from rechunker_core.executors.beam import BeamExecutor
-
-        mode = name.removeprefix("beam-").replace("-", "_")
-        return BeamExecutor(options={"direct_running_mode": mode, "direct_num_workers": 2})
-    if name == "prefect-threads":
-        request.getfixturevalue("prefect_harness")
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        from rechunker_core.executors.prefect import PrefectExecutor
-
-        return PrefectExecutor(task_runner=ThreadPoolTaskRunner(max_workers=2))
-    return name
 
 
 @pytest.mark.parametrize(

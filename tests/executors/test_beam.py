@@ -104,3 +104,24 @@ def test_a_worker_drops_its_buffers_when_its_bundle_ends(
     target = rechunked.execute(options=THREADS)
     assert REGIONS.held == 0
     assert_same_array(target, source)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "workers"),
+    [
+        ({}, 1),
+        ({"direct_running_mode": "in_memory", "direct_num_workers": 2}, 1),
+        ({"direct_running_mode": "multi_threading", "direct_num_workers": 3}, 3),
+        ({"direct_running_mode": "multi_processing", "direct_num_workers": 2}, 0),
+    ],
+)
+def test_helpers_stand_in_for_the_workers_beam_runs_here(
+    options: dict[str, object], workers: int
+) -> None:
+    """Idle workers' helpers (rechunker_core.assist) count the DirectRunner's threads."""
+    import apache_beam as beam
+
+    from rechunker_core.executors.beam import _workers_in_this_process
+
+    pipeline = beam.Pipeline(options=PipelineOptions(flags=[], **options))
+    assert _workers_in_this_process(pipeline) == workers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,21 @@ def test_missing_engine_names_the_extra(
     with pytest.raises(ImportError, match=rf'pip install "rechunker-core\[{extra}\]"'):
         rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor=executor)
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_helpers_stand_in_for_the_threads_dask_runs_here() -> None:
+    """Idle workers' helpers (rechunker_core.assist) count dask's local threads."""
+    import dask
+    from dask.system import CPU_COUNT
+
+    from rechunker_core.executors.dask import _threads_here
+
+    assert _threads_here({"scheduler": "sync"}) == 1
+    assert _threads_here({"scheduler": "threads", "num_workers": 3}) == 3
+    with ThreadPoolExecutor(5) as pool:
+        assert _threads_here({"scheduler": "threads", "pool": pool}) == 5
+        assert _threads_here({"scheduler": pool}) == 5
+    with dask.config.set(num_workers=4):
+        assert _threads_here({"scheduler": "threads"}) == 4
+    with dask.config.set(num_workers=None, pool=None):
+        assert _threads_here({"scheduler": "threads"}) == CPU_COUNT

@@ -86,6 +86,16 @@ def test_task_runner_from_execute(tmp_path: Path, make_array: ArrayFactory) -> N
     assert_same_array(target, source)  # type: ignore[arg-type]
 
 
+def test_helpers_stand_in_for_the_threads_prefect_runs_here() -> None:
+    """Idle workers' helpers (rechunker_core.assist) count a thread pool's threads."""
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    from rechunker_core.executors.prefect import _threads_here
+
+    assert _threads_here(ThreadPoolTaskRunner(max_workers=3)) == 3
+    assert _threads_here(ProcessPoolTaskRunner(max_workers=2)) == 0
+
+
 def test_process_pool_refuses_in_memory_stores(make_array: ArrayFactory) -> None:
     from prefect.task_runners import ProcessPoolTaskRunner
 

@@ -147,6 +147,10 @@ class Assist:
             raise job.error
         return job.total
 
+    def in_helper(self) -> bool:
+        """Whether the calling thread is one of the helpers."""
+        return threading.current_thread() in self._threads
+
     def _room(self) -> bool:
         """Whether an idle worker is free to help (with the lock held)."""
         return self._helping < self._workers - self._tasks

@@ -496,10 +496,22 @@ REGIONS = BufferPool(along=[SCRATCH])
 # --------------------------------------------------------------------------
 
 
+def _helper_done() -> None:
+    """A helper leaves a task's chunks: what it read and encoded came from its
+    own heap, which would keep it resident while the worker it stood in for
+    starts its next task, over that task's peak; hand it back."""
+    if ASSIST.in_helper():
+        FREED_MEMORY.give_back()
+
+
 class _Room:
     """A byte buffer for one chunk file at a time, made larger as files need."""
 
     def __init__(self) -> None:
+        self._view = memoryview(b"")
+
+    def release(self) -> None:
+        """Let the buffer go (a view handed out keeps it alive)."""
         self._view = memoryview(b"")
 
     def at_least(self, size: int, keep: int = 0) -> memoryview:
@@ -897,6 +909,8 @@ class ChunkIO:
         finally:
             if scratch is not None:
                 SCRATCH.give(scratch)
+            room.release()
+            _helper_done()
 
     def _read_encoded(
         self, pieces: list[_Piece], blocks: Blocks, scratch: np.ndarray[Any, Any]
@@ -942,7 +956,10 @@ class ChunkIO:
             store.write(*item)
             return 1
 
-        yield write
+        try:
+            yield write
+        finally:
+            _helper_done()
 
     def _encoded(
         self, origin: tuple[int, ...], blocks: Blocks, index: tuple[int, ...]

@@ -3,7 +3,7 @@
 Stage ``k`` of every array (a *round*, see
 :func:`rechunker_core.copy.rounds`) becomes::
 
-    seed -FlatMap(batches, side input: copies of round k-1)-> Reshuffle -Map(copy)->
+    seed -FlatMap(batches, side input: copies of round k-1)-> GroupByKey -ParDo(copy)->
         copies of round k (one count per batch)
 
 A side input is complete only when everything upstream of it has finished, on
@@ -11,15 +11,17 @@ every runner, so no task of round ``k`` starts before every task of round
 ``k - 1`` is done: the copies of the previous round, passed as an iterable
 that is never read, are the barrier. (A ``CombineGlobally`` there added about
 ten transforms per round, which the DirectRunner took 0.15-0.2 s to build and
-run.) Reshuffle spreads the batches, generated on one worker, over all
-workers. After the last round one element runs
-:func:`rechunker_core.copy.finish`.
+run.) Each batch, generated on one worker, has a key of its own, so grouping
+spreads the batches over all workers; a ``Reshuffle`` did the same in five
+transforms instead of one, and the DirectRunner started the first batch 0.1
+s later (docs/performance.md). The seed is an ``Impulse``. After the last
+round one element runs :func:`rechunker_core.copy.finish`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -178,14 +180,14 @@ def _rechunk_class() -> type:
             self.feed = Feed(None) if feed is None else feed  # where the copies report
 
         def expand(self, pbegin: Any) -> Any:
-            seed = pbegin | "Seed" >> beam.Create([None])
+            seed = pbegin | "Seed" >> beam.Impulse()  # one element, b""
             barrier: list[Any] = []
             for round_ in rounds(self.specs):
                 k = round_.number
                 done = (
                     seed
                     | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
-                    | f"Stage {k}: spread" >> beam.Reshuffle()
+                    | f"Stage {k}: spread" >> beam.GroupByKey()
                     | f"Stage {k}: copy" >> beam.ParDo(_copy_class()(round_, self.feed))
                 )
                 barrier = [AsIter(done)]
@@ -211,8 +213,9 @@ def _copy_class() -> type:
             self.round = round_
             self.feed = feed
 
-        def process(self, element: tuple[int, int, int]) -> Iterator[int]:
-            yield _copy_batch(element, self.round, self.feed)
+        def process(self, element: tuple[int, Iterable[tuple[int, int, int]]]) -> Iterator[int]:
+            for batch in element[1]:
+                yield _copy_batch(batch, self.round, self.feed)
 
         def finish_bundle(self) -> None:
             worker_idle()
@@ -235,10 +238,13 @@ def __getattr__(name: str) -> Any:
 # as a side input: waited for, never read.
 
 
-def _batches(seed: None, round_: Round, barrier: Any = None) -> Iterator[tuple[int, int, int]]:
-    # Small elements (stage index, first task, stop): the round travels once, with the DoFn.
-    for batch in round_.batches():
-        yield round_.stages.index(batch.stage), batch.tasks.start, batch.tasks.stop
+def _batches(
+    seed: bytes, round_: Round, barrier: Any = None
+) -> Iterator[tuple[int, tuple[int, int, int]]]:
+    # Small elements (stage index, first task, stop), each under a key of its own so
+    # grouping spreads them: the round travels once, with the DoFn.
+    for key, batch in enumerate(round_.batches()):
+        yield key, (round_.stages.index(batch.stage), batch.tasks.start, batch.tasks.stop)
 
 
 def _copy_batch(element: tuple[int, int, int], round_: Round, feed: Feed) -> int:
@@ -248,5 +254,5 @@ def _copy_batch(element: tuple[int, int, int], round_: Round, feed: Feed) -> int
     return copied
 
 
-def _finish(seed: None, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:
+def _finish(seed: bytes, specs: tuple[StagedCopySpec, ...], barrier: Any = None) -> None:
     finish(specs)

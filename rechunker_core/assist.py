@@ -79,7 +79,7 @@ class Assist:
         self._cond = threading.Condition()
         self._jobs: list[_Job[object]] = []
         self._workers = 0  # the engine's workers in this process; 0 when not helping
-        self._runs = 0  # helping() blocks entered
+        self._runs: list[int] = []  # the workers of each helping() block entered
         self._tasks = 0  # tasks running in this process
         self._helping = 0  # helpers working on a job now
         self._threads: list[threading.Thread] = []
@@ -89,13 +89,13 @@ class Assist:
         """While a run whose engine has ``workers`` workers in this process lasts,
         helpers take the chunks of running tasks when fewer tasks run than that.
 
-        Nested runs (two plans at once) take the larger count.
+        Runs at once (two plans, from two threads) take the largest count of
+        those still running.
         """
         usable = min(workers, cores())
         with self._cond:
-            self._runs += 1
-            previous = self._workers
-            self._workers = max(self._workers, usable)
+            self._runs.append(usable)
+            self._workers = max(self._runs)
             for _ in range(len(self._threads), self._workers - 1):
                 thread = threading.Thread(target=self._help, name="rechunk-assist", daemon=True)
                 self._threads.append(thread)
@@ -104,8 +104,8 @@ class Assist:
             yield
         finally:
             with self._cond:
-                self._runs -= 1
-                self._workers = previous if self._runs else 0
+                self._runs.remove(usable)
+                self._workers = max(self._runs, default=0)
                 stopping, self._threads = self._threads, self._threads[: max(0, self._workers - 1)]
                 self._cond.notify_all()
             for thread in stopping[len(self._threads) :]:

@@ -143,6 +143,25 @@ def test_helpers_end_with_the_run() -> None:
     assert not any(t.name == HELPER for t in threading.enumerate())
 
 
+def test_runs_that_overlap_keep_their_helpers_until_the_last_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that started first and ends first leaves the other its helpers."""
+    monkeypatch.setattr(assist, "cores", lambda: 3)
+    ours = Assist()
+    first, second = ours.helping(workers=3), ours.helping(workers=2)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert sum(t.name == HELPER for t in threading.enumerate()) == 1
+    handled = Handled(wait_for_helper=0)
+    with ours.task():
+        ours.each(range(40), handled.worker)
+    assert handled.helpers() > 0
+    second.__exit__(None, None, None)
+    assert not any(t.name == HELPER for t in threading.enumerate())
+
+
 # End to end --------------------------------------------------------------------
 
 SHAPE, SOURCE_CHUNKS, TARGET_CHUNKS = (40, 36), (40, 36), (1, 36)

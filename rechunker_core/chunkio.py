@@ -885,19 +885,19 @@ class ChunkIO:
         room = _Room()
         scratch: np.ndarray[Any, Any] | None = None
 
-        def read(piece: _Piece) -> int:
+        def scratch_chunk() -> np.ndarray[Any, Any]:
             nonlocal scratch
-            direct = blocks.view(piece.in_region) if piece.whole else None
-            if direct is None and scratch is None:
+            if scratch is None:
                 scratch = SCRATCH.take(self.chunks, self.dtype)
-            out = scratch if direct is None else direct
-            assert out is not None
+            return scratch
+
+        def read(piece: _Piece) -> int:
             key = self._key(piece.coords)
-            if raw:
-                found = store.read_into(key, out)
-            elif found := (data := store.read(key, room)) is not None:
-                self.codec.decode_into(data, out)
-            if not found:
+            if not raw:
+                return self._place(piece, blocks, store.read(key, room), scratch_chunk)
+            direct = blocks.view(piece.in_region) if piece.whole else None
+            out = scratch_chunk() if direct is None else direct
+            if not store.read_into(key, out):
                 blocks.assign(piece.in_region, self._fill)
                 return 1
             if direct is None:
@@ -916,19 +916,31 @@ class ChunkIO:
         self, pieces: list[_Piece], blocks: Blocks, scratch: np.ndarray[Any, Any]
     ) -> int:
         keys = [self._key(p.coords) for p in pieces]
-        absent = 0
-        for i, data in self._store.read_many(keys):
-            piece = pieces[i]
-            direct = blocks.view(piece.in_region) if piece.whole else None
-            if data is None:
-                blocks.assign(piece.in_region, self._fill)
-                absent += 1
-            elif direct is not None:
-                self.codec.decode_into(data, direct)
-            else:
-                self.codec.decode_into(data, scratch)
-                blocks.assign(piece.in_region, scratch[piece.in_chunk])
-        return absent
+        return sum(
+            self._place(pieces[i], blocks, data, lambda: scratch)
+            for i, data in self._store.read_many(keys)
+        )
+
+    def _place(
+        self,
+        piece: _Piece,
+        blocks: Blocks,
+        data: Any,
+        scratch: Callable[[], np.ndarray[Any, Any]],
+    ) -> int:
+        """Decode one chunk's bytes where ``piece`` goes in ``blocks`` (through a
+        ``scratch()`` chunk unless the piece is one contiguous run of a block there), or
+        fill it with the fill value when ``data`` is None; return 1 then, else 0."""
+        if data is None:
+            blocks.assign(piece.in_region, self._fill)
+            return 1
+        if (direct := blocks.view(piece.in_region) if piece.whole else None) is not None:
+            self.codec.decode_into(data, direct)
+            return 0
+        out = scratch()
+        self.codec.decode_into(data, out)
+        blocks.assign(piece.in_region, out[piece.in_chunk])
+        return 0
 
     def write_blocks(self, region: Region, blocks: Blocks) -> None:
         """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk.

@@ -11,7 +11,9 @@ region, which the task holds anyway.
 A helper only works in place of an idle worker, so the threads busy at once
 never outnumber the engine's workers (or the cores), and what a helper holds
 (a scratch chunk, one chunk's bytes) is within what an idle worker's task
-would hold: the plan's peak task memory per worker stays true.
+would hold: the plan's peak task memory per worker stays true. When that
+worker starts a task again, the task waits for the helper to finish its
+chunk and let its memory go (one chunk's time at most).
 
 Executors that run every task in this process say how many workers they run
 (:meth:`Assist.helping`); elsewhere, and with one worker, a task copies its
@@ -113,9 +115,17 @@ class Assist:
 
     @contextlib.contextmanager
     def task(self) -> Iterator[None]:
-        """Around one task: while it runs, its worker is not idle."""
+        """Around one task: while it runs, its worker is not idle.
+
+        A task that starts while a helper stands in for its worker waits until
+        the helper has finished the chunk in hand and let go of its memory
+        (a scratch chunk, the chunk's bytes): that memory is the idle worker's
+        share of the plan's peak task memory, which the task is about to use.
+        """
         with self._cond:
             self._tasks += 1
+            while self._helping and self._helping > self._workers - self._tasks:
+                self._cond.wait()
         try:
             yield
         finally:

@@ -109,6 +109,47 @@ def test_helpers_stand_aside_while_every_worker_runs_a_task() -> None:
     assert [h.helpers() for h in results] == [0, 0]
 
 
+def test_a_task_starting_waits_until_the_helper_standing_in_for_its_worker_left() -> None:
+    """What a helper holds (a scratch chunk, a chunk's bytes) is the idle worker's
+    share of the plan's memory: a task that starts on that worker waits until the
+    helper has finished its item and left (its worker block closed)."""
+    ours = Assist()
+    helper_in_item, task_starting = threading.Event(), threading.Event()
+    log: list[str] = []
+
+    @contextlib.contextmanager
+    def worker() -> Iterator[Callable[[int], int]]:
+        helper = threading.current_thread().name == HELPER
+
+        def handle(item: int) -> int:
+            if helper and not helper_in_item.is_set():
+                helper_in_item.set()
+                task_starting.wait(PATIENCE)
+                time.sleep(0.1)  # the other task asks to start meanwhile
+                log.append("helper's item done")
+            elif not helper:
+                time.sleep(0.002)
+            return 1
+
+        yield handle
+        if helper:
+            log.append("helper left")
+
+    def other_task() -> None:
+        helper_in_item.wait(PATIENCE)
+        task_starting.set()
+        with ours.task():
+            log.append("task started")
+
+    with ours.helping(workers=2), ours.task():
+        thread = threading.Thread(target=other_task)
+        thread.start()
+        assert ours.each(range(300), worker) == 300
+        thread.join()
+    assert helper_in_item.is_set() and "task started" in log
+    assert log.index("helper's item done") < log.index("helper left") < log.index("task started")
+
+
 def test_one_worker_or_none_gets_no_helper() -> None:
     ours = Assist()
     for workers in (0, 1):

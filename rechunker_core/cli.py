@@ -302,7 +302,7 @@ def _store_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="the same for the intermediates (default: compressors=blosc-lz4 for numbers)",
+        help="the same for the intermediates, e.g. compressors=none",
     )
     p.add_argument(
         "--storage-option",

@@ -44,7 +44,6 @@ from rechunker_core.locations import (
     overlap,
     take_claim,
 )
-from rechunker_core.option_values import temp_compressors
 from rechunker_core.options import ZarrFormat
 from rechunker_core.places import Destination
 from rechunker_core.resume import (
@@ -605,8 +604,6 @@ def _planned_arrays(job: ArrayJob, dest: Destination, fmt: ZarrFormat) -> list[_
     planned = [_PlannedArray(job.target, shape, dtype, job.target_chunks, kwargs, target)]
     for i, chunks in enumerate(job.layout.intermediate_chunks, start=1):
         temp_kwargs = {**_create_kwargs(job.array, dict(job.options.temp), fmt), "attributes": {}}
-        if "compressors" not in job.options.temp:
-            temp_kwargs["compressors"] = temp_compressors(temp_kwargs["zarr_format"], dtype)
         location = dest.intermediate(job.name, i)
         given = ("temp_options", job.options.temp)
         planned.append(_PlannedArray(location, shape, dtype, chunks, temp_kwargs, given))

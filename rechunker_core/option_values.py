@@ -1,5 +1,4 @@
-"""Command-line text -> API values: chunk requests, ``KEY=VALUE`` options, codec names
-(and the intermediate's default codec, named here).
+"""Command-line text -> API values: chunk requests, ``KEY=VALUE`` options, codec names.
 
 The command line spells everything as text (``--target-option
 compressors=zstd``, ``--target-chunks air:time=100``); these functions turn
@@ -12,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "COMPRESSOR_NAMES",
-    "TEMP_COMPRESSOR",
     "array_options",
     "compressors",
     "parse_pairs",
@@ -24,7 +20,6 @@ __all__ = [
     "parse_value",
     "storage_options",
     "target_chunks_of",
-    "temp_compressors",
 ]
 
 #: Compressor names ``compressors=NAME`` accepts, with an optional level: ``zstd:5``.
@@ -145,25 +140,6 @@ def compressors(name: str, zarr_format: int) -> Any:
     if zarr_format == 2:
         return _numcodecs(base, level)
     return _zarr_codec(base, level)
-
-
-#: The intermediate's codec (:func:`temp_compressors`) for arrays of fixed-size
-#: numbers: Blosc lz4 with byte shuffle. An intermediate is written once and
-#: read once; halving the bytes that go through the page cache (or the
-#: network) costs less than the codec does (docs/algorithm.md measures it).
-TEMP_COMPRESSOR = "blosc-lz4"
-
-
-def temp_compressors(zarr_format: int, dtype: np.dtype[Any]) -> Any:
-    """The default codec of an intermediate of ``dtype`` in ``zarr_format``: that of
-    :data:`TEMP_COMPRESSOR` for fixed-size numbers, none for other dtypes.
-
-    >>> temp_compressors(2, np.dtype("i8")), temp_compressors(3, np.dtype("O"))
-    (Blosc(cname='lz4', clevel=5, shuffle=SHUFFLE, blocksize=0), None)
-    """
-    if dtype.kind not in "biufcmM":
-        return None
-    return compressors(TEMP_COMPRESSOR, zarr_format)
 
 
 def _zarr_codec(base: str, level: int | None) -> Any:

@@ -21,6 +21,7 @@ import zarr
 
 __all__ = [
     "DEFAULT_MEMORY_SHARE",
+    "TEMP_COMPRESSORS",
     "ArrayOptions",
     "Options",
     "available_memory",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 ZarrFormat = Literal[2, 3]
+
+#: The intermediate's codec: it is written once and read once, so compressing
+#: it costs CPU on both passes to save temp space (docs/algorithm.md measures it).
+TEMP_COMPRESSORS: Any = None
 
 #: target_options that temp_options do not inherit: the planner lays out
 #: intermediates, and replacing a target never extends to the temp store.
@@ -288,7 +293,7 @@ def _temp_of(target: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, A
     if "shards" in given:
         raise ValueError("temp_options may not set 'shards': the planner lays out intermediates")
     inherited = {k: v for k, v in target.items() if k not in _NOT_INHERITED}
-    return {**inherited, **given}
+    return {**inherited, "compressors": TEMP_COMPRESSORS, **given}
 
 
 def _check_encoding(

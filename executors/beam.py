@@ -21,6 +21,8 @@ round one element runs :func:`rechunker_core.copy.finish`.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -118,16 +120,30 @@ class BeamExecutor:
             runner=runner if runner is not None else self.runner,
             options=_pipeline_options(options if options is not None else self.options),
         )
-        # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
-        _ = pipeline | _rechunk_class()(plan.specs, plan.feed)
-        here = _workers_in_this_process(pipeline)
-        with (
-            plan.feed.listening(progress),
-            running_here(here) if here else contextlib.nullcontext(),
-        ):
-            state = pipeline.run().wait_until_finish()
+        with _temp_folder_of(pipeline):
+            # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
+            _ = pipeline | _rechunk_class()(plan.specs, plan.feed)
+            here = _workers_in_this_process(pipeline)
+            with (
+                plan.feed.listening(progress),
+                running_here(here) if here else contextlib.nullcontext(),
+            ):
+                state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
             raise RuntimeError(f"the rechunk pipeline ended in state {state}")
+
+
+@contextlib.contextmanager
+def _temp_folder_of(pipeline: Any) -> Iterator[None]:
+    """Delete the temp folder Beam made for ``pipeline`` (``local_tempdir``) if the
+    block fails before the pipeline runs: Beam deletes it only when it runs."""
+    try:
+        yield
+    except BaseException:
+        folder = getattr(pipeline, "local_tempdir", None)
+        if isinstance(folder, str) and os.path.basename(folder).startswith("beam-pipeline-temp"):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:
@@ -143,8 +159,6 @@ def _workers_in_this_process(pipeline: Any) -> int:
     """How many workers run ``pipeline`` as threads of this process: those of the
     DirectRunner in ``multi_threading`` mode, one in ``in_memory`` mode (its
     default), else 0 (other processes, or another runner)."""
-    import os
-
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.runners.direct.direct_runner import (
         BundleBasedDirectRunner,

@@ -6,7 +6,10 @@ multi_processing modes; these tests cover what is particular to Beam.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from zarr.storage import MemoryStore
@@ -35,8 +38,25 @@ def test_plan_in_a_users_pipeline(recorded: Recorded) -> None:
     assert not recorded.spec.stages[0].target.location.exists()
 
 
-def test_each_stage_waits_for_the_previous_barrier(recorded: Recorded) -> None:
-    pipeline = beam.Pipeline(options=PipelineOptions(flags=[]))
+@pytest.fixture
+def unrun_pipeline() -> Iterator[Callable[..., Any]]:
+    """Factory of pipelines a test builds but never runs: Beam makes a temp
+    folder for each pipeline and deletes it only when the pipeline runs."""
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        made.append(beam.Pipeline(options=PipelineOptions(flags=[], **options)))
+        return made[-1]
+
+    yield make
+    for pipeline in made:
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+
+
+def test_each_stage_waits_for_the_previous_barrier(
+    recorded: Recorded, unrun_pipeline: Callable[..., Any]
+) -> None:
+    pipeline = unrun_pipeline()
     _ = pipeline | BeamExecutor().prepare_plan([recorded.spec, recorded.spec])
     applied = {}
 
@@ -74,6 +94,28 @@ def test_execute_takes_options_and_runner(tmp_path: Path, make_array: ArrayFacto
     options = PipelineOptions(flags=[], direct_running_mode="in_memory")
     target = rechunked.execute(options=options, runner="DirectRunner")
     assert_same_array(target, source)  # type: ignore[arg-type]
+
+
+def test_a_run_that_fails_before_beam_runs_leaves_no_temp_folder(
+    tmp_path: Path, make_array: ArrayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beam deletes a pipeline's temp folder when the pipeline runs; the executor
+    deletes it when something fails before."""
+    import rechunker_core.executors.beam as ours
+
+    source = make_array(tmp_path / "s.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    rechunked = rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    folders: list[str] = []
+
+    def fails(pipeline: Any) -> int:
+        folders.append(pipeline.local_tempdir)
+        assert Path(folders[-1]).is_dir()
+        raise RuntimeError("failed before the run")
+
+    monkeypatch.setattr(ours, "_workers_in_this_process", fails)
+    with pytest.raises(RuntimeError, match="failed before the run"):
+        rechunked.execute()
+    assert folders and not Path(folders[0]).exists()
 
 
 @pytest.mark.parametrize("where", ["source", "target", "url"])
@@ -116,12 +158,10 @@ def test_a_worker_drops_its_buffers_when_its_bundle_ends(
     ],
 )
 def test_helpers_stand_in_for_the_workers_beam_runs_here(
-    options: dict[str, object], workers: int
+    options: dict[str, Any], workers: int, unrun_pipeline: Callable[..., Any]
 ) -> None:
     """Idle workers' helpers (rechunker_core.assist) count the DirectRunner's threads."""
-    import apache_beam as beam
-
     from rechunker_core.executors.beam import _workers_in_this_process
 
-    pipeline = beam.Pipeline(options=PipelineOptions(flags=[], **options))
+    pipeline = unrun_pipeline(**options)
     assert _workers_in_this_process(pipeline) == workers

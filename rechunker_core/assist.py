@@ -124,8 +124,13 @@ class Assist:
         """
         with self._cond:
             self._tasks += 1
-            while self._helping and self._helping > self._workers - self._tasks:
-                self._cond.wait()
+            try:
+                while self._helping and self._helping > self._workers - self._tasks:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: the task never ran
+                self._tasks -= 1
+                self._cond.notify_all()
+                raise
         try:
             yield
         finally:

@@ -893,16 +893,8 @@ class ChunkIO:
 
         def read(piece: _Piece) -> int:
             key = self._key(piece.coords)
-            if not raw:
-                return self._place(piece, blocks, store.read(key, room), scratch_chunk)
-            direct = blocks.view(piece.in_region) if piece.whole else None
-            out = scratch_chunk() if direct is None else direct
-            if not store.read_into(key, out):
-                blocks.assign(piece.in_region, self._fill)
-                return 1
-            if direct is None:
-                blocks.assign(piece.in_region, out[piece.in_chunk])
-            return 0
+            load = partial(store.read_into, key) if raw else self._decoder(store.read(key, room))
+            return self._place(piece, blocks, load, scratch_chunk)
 
         try:
             yield read
@@ -917,7 +909,7 @@ class ChunkIO:
     ) -> int:
         keys = [self._key(p.coords) for p in pieces]
         return sum(
-            self._place(pieces[i], blocks, data, lambda: scratch)
+            self._place(pieces[i], blocks, self._decoder(data), lambda: scratch)
             for i, data in self._store.read_many(keys)
         )
 
@@ -925,22 +917,34 @@ class ChunkIO:
         self,
         piece: _Piece,
         blocks: Blocks,
-        data: Any,
+        load: Callable[[np.ndarray[Any, Any]], bool],
         scratch: Callable[[], np.ndarray[Any, Any]],
     ) -> int:
-        """Decode one chunk's bytes where ``piece`` goes in ``blocks`` (through a
-        ``scratch()`` chunk unless the piece is one contiguous run of a block there), or
-        fill it with the fill value when ``data`` is None; return 1 then, else 0."""
-        if data is None:
+        """Put one chunk where ``piece`` goes in ``blocks``: ``load(out)`` writes the
+        chunk's values into ``out`` (the piece's block itself when the piece is one
+        contiguous run of it, else a ``scratch()`` chunk) and returns False when the
+        chunk is absent, which fills the piece with the fill value. Returns 1 then,
+        else 0."""
+        direct = blocks.view(piece.in_region) if piece.whole else None
+        out = scratch() if direct is None else direct
+        if not load(out):
             blocks.assign(piece.in_region, self._fill)
             return 1
-        if (direct := blocks.view(piece.in_region) if piece.whole else None) is not None:
-            self.codec.decode_into(data, direct)
-            return 0
-        out = scratch()
-        self.codec.decode_into(data, out)
-        blocks.assign(piece.in_region, out[piece.in_chunk])
+        if direct is None:
+            blocks.assign(piece.in_region, out[piece.in_chunk])
         return 0
+
+    def _decoder(self, data: Any) -> Callable[[np.ndarray[Any, Any]], bool]:
+        """What :meth:`_place` loads a chunk with from its stored bytes ``data``
+        (None: the chunk is absent)."""
+
+        def load(out: np.ndarray[Any, Any]) -> bool:
+            if data is None:
+                return False
+            self.codec.decode_into(data, out)
+            return True
+
+        return load
 
     def write_blocks(self, region: Region, blocks: Blocks) -> None:
         """Store every block of ``blocks`` (laid out in this array's chunks) as a chunk.

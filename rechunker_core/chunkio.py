@@ -24,8 +24,10 @@ chunks along every dimension they do not span (see :mod:`rechunker_core.spec`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import errno
 import math
 import os
 import queue
@@ -387,6 +389,13 @@ class _Deletions:
     paths. The first deletion that fails is raised by the next
     :meth:`flush`. Outside the block (the worker processes of other
     engines, whose runs end elsewhere), :meth:`run` deletes at once.
+
+    There, chunk files are renamed at once instead, each to a hidden name
+    of its own in its folder, and unlinked by a thread of the process
+    (:meth:`unlink_soon`): a rename does not wait for the disk, and no later
+    run can write a file of that name, so nothing has to wait for the
+    unlinks. A file whose unlink never came (the process died first) lies
+    in an intermediate, which the run's last step deletes whole.
     """
 
     def __init__(self) -> None:
@@ -398,9 +407,10 @@ class _Deletions:
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._runs = 0
-        self._queue: queue.Queue[Callable[[], None] | None] | None = None
+        self._queue: queue.Queue[Callable[[], object] | None] | None = None
         self._thread: threading.Thread | None = None
         self._errors: list[BaseException] = []
+        self._unlinking: queue.Queue[list[str]] | None = None
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -441,17 +451,62 @@ class _Deletions:
                 self._errors.clear()
 
     @property
-    def pending(self) -> queue.Queue[Callable[[], None] | None] | None:
+    def pending(self) -> queue.Queue[Callable[[], object] | None] | None:
         """The queue of the deleting thread while a run defers deletions, else None."""
         return self._queue
 
-    def run(self, deletion: Callable[[], None]) -> None:
+    def run(self, deletion: Callable[[], object]) -> None:
         """Queue ``deletion`` within :meth:`deferred`; run it now outside."""
+        if not self.queued(deletion):
+            deletion()
+
+    def queued(self, deletion: Callable[[], object]) -> bool:
+        """Queue ``deletion`` within :meth:`deferred` and return True; else False."""
         with self._lock:
             if self._queue is not None:
                 self._queue.put(deletion)
-                return
-        deletion()
+                return True
+        return False
+
+    def unlink_soon(self, paths: list[str]) -> None:
+        """Unlink the files ``paths`` on this process's unlinking thread (started on
+        first use), for files set aside under names no later run can write.
+
+        A failure is ignored: the files lie in an intermediate, which the run's
+        last step deletes whole (and tolerates files vanishing meanwhile). A
+        process that exits normally unlinks what is queued first (a part of an
+        array job would otherwise leave its share of the intermediate's disk
+        space taken until the last step).
+        """
+        if not paths:
+            return
+        with self._lock:
+            if self._unlinking is None:
+                self._unlinking = queue.Queue()
+                threading.Thread(
+                    target=self._unlink_each,
+                    args=(self._unlinking,),
+                    name="rechunk-unlink",
+                    daemon=True,
+                ).start()
+                atexit.register(self.unlinked)
+            self._unlinking.put(paths)
+
+    def unlinked(self) -> None:
+        """Wait until every file queued by :meth:`unlink_soon` is unlinked."""
+        with self._lock:
+            pending = self._unlinking
+        if pending is not None:
+            pending.join()
+
+    @staticmethod
+    def _unlink_each(pending: queue.Queue[list[str]]) -> None:
+        while True:
+            paths = pending.get()
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            pending.task_done()
 
     def flush(self) -> None:
         """Wait until every queued deletion is done; raise the first that failed."""
@@ -467,7 +522,7 @@ class _Deletions:
         if errors:
             raise errors[0]
 
-    def _work(self, pending: queue.Queue[Callable[[], None] | None]) -> None:
+    def _work(self, pending: queue.Queue[Callable[[], object] | None]) -> None:
         while (deletion := pending.get()) is not None:
             try:
                 deletion()
@@ -626,26 +681,54 @@ class _LocalChunks:
             raise
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        """Delete each chunk of ``keys`` that is stored (on the deleting thread
-        while a run defers deletions, see :class:`_Deletions`), as one deletion:
-        a task of a sparse array frees hundreds of chunks never written, and
-        queueing each cost more than the task (benchmarks/scale.py)."""
-        DELETIONS.run(partial(self._delete_all, list(keys)))
+        """Delete each chunk of ``keys`` that is stored, as one deletion: a task of a
+        sparse array frees hundreds of chunks never written, and queueing each
+        cost more than the task (benchmarks/scale.py).
 
-    def _delete_all(self, keys: list[str]) -> None:
-        """Delete each of ``keys``, every one tried; raise the first failure."""
+        Within a run of this process, on its deleting thread; elsewhere (a
+        worker process of another engine) each file is set aside under a name
+        of its own at once and unlinked on a thread (:class:`_Deletions`): the
+        chunk is gone when this returns, and the task does not wait for the disk.
+        """
+        keys = list(keys)
+        if not DELETIONS.queued(partial(self._for_each, keys, self._delete)):
+            DELETIONS.unlink_soon(self._for_each(keys, self._set_aside))
+
+    def _for_each(self, keys: list[str], action: Callable[[str], str | None]) -> list[str]:
+        """Delete each of ``keys`` with ``action``, every one tried (and retried);
+        return what the actions returned but None; raise the first failure."""
         failure: Exception | None = None
+        results = []
         for key in keys:
             try:
-                retrying(partial(self._delete, key), self._what("deleting", key), self.retry)
+                result = retrying(partial(action, key), self._what("deleting", key), self.retry)
             except Exception as error:
                 failure = failure or error
+            else:
+                if result is not None:
+                    results.append(result)
         if failure is not None:
+            DELETIONS.unlink_soon(results)
             raise failure
+        return results
 
     def _delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
+
+    def _set_aside(self, key: str) -> str | None:
+        """Rename chunk ``key`` to a hidden name of its own; return that path, or
+        None if the chunk is absent."""
+        path = self._path(key)
+        if os.path.isdir(path):  # as unlink() would: a chunk is a file
+            raise IsADirectoryError(errno.EISDIR, "a folder where a chunk file belongs", path)
+        folder, name = os.path.split(path)
+        aside = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.freed")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        return aside
 
     def any_exists(self, keys: Iterable[str]) -> bool:
         """Whether any of ``keys`` is stored.

@@ -375,7 +375,7 @@ class StoreLocation:
         local = self.local_path
         if local is not None:
             if local.is_dir():
-                shutil.rmtree(local)
+                _remove_tree(local)
             elif local.exists():
                 local.unlink()
             return
@@ -416,6 +416,25 @@ class StoreLocation:
 async def _list(store: Store, path: str) -> list[str]:
     prefix = f"{path.rstrip('/')}/" if path else ""
     return [key[len(prefix) :] async for key in store.list_prefix(prefix)]
+
+
+def _remove_tree(folder: Path) -> None:
+    """Delete ``folder`` and everything in it, while files in it may vanish: worker
+    processes may still be unlinking chunks they set aside there
+    (:class:`rechunker_core.chunkio._Deletions`). Nothing appears in it meanwhile,
+    so each attempt that meets a vanished file gets further than the last."""
+    for _ in range(_VANISHED_ATTEMPTS):
+        try:
+            shutil.rmtree(folder)
+            return
+        except FileNotFoundError:
+            if not folder.exists():
+                return
+    shutil.rmtree(folder)
+
+
+#: How many files may vanish under :func:`_remove_tree` before one more raises.
+_VANISHED_ATTEMPTS = 1000
 
 
 def resolve_location(

@@ -7,6 +7,7 @@ import itertools
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -490,14 +491,20 @@ def test_a_region_without_stored_chunks_copies_nothing(
     clear_cache()
 
 
-def test_local_deletions_try_every_chunk_and_raise_the_first_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_a_run", [True, False], ids=["in a run", "in a worker process"])
+def test_local_deletions_try_every_chunk_and_raise_the_first_failure(
+    tmp_path: Path, in_a_run: bool
+) -> None:
     """A task's chunks go as one deletion (queueing each cost more than the task
-    on a sparse array); one that cannot be deleted stops none of the others."""
+    on a sparse array); one that cannot be deleted stops none of the others,
+    whether the run's deleting thread unlinks them or they are set aside."""
     for key in ("0", "2", "3"):
         (tmp_path / key).write_bytes(b"x")
-    (tmp_path / "1").mkdir()  # unlink() refuses a directory
+    (tmp_path / "1").mkdir()  # a chunk is a file: a folder there is refused
     (tmp_path / "1" / "inside").write_bytes(b"y")
     local = chunkio._LocalChunks(tmp_path, RetryPolicy(retries=0))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError), chunkio.DELETIONS.deferred() if in_a_run else nullcontext():
         local.delete_many(["0", "1", "absent", "2", "3"])
+    chunkio.DELETIONS.unlinked()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
+    assert [p.name for p in (tmp_path / "1").iterdir()] == ["inside"]

@@ -9,8 +9,11 @@ every target is compared with its source element by element.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -344,6 +347,114 @@ def test_beam_worker_processes_free_where_they_run(
     npt.assert_array_equal(target[...], source[...])
     assert names == [] and deferred == []
     assert not (tmp_path / "tmp.zarr").exists() and is_complete(tmp_path / "t.zarr")
+
+
+def aside_files(folder: Path) -> list[Path]:
+    """The chunk files set aside in ``folder`` and not yet unlinked."""
+    return [p for p in folder.rglob(".*.freed") if p.is_file()]
+
+
+def test_outside_a_run_freed_chunks_go_at_once_and_are_unlinked_on_a_thread(
+    tmp_path: Path, frozen_source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process of another engine frees chunks outside any run of its own:
+    each is renamed aside at once, so it is gone when the batch returns, and
+    unlinked on the process's unlinking thread, not the task's."""
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    intermediate = first.target
+    folder = intermediate.location.local_path
+    assert folder is not None
+    everything = set(all_chunks(intermediate))
+    unlinked: list[tuple[str, str]] = []
+    real_unlink = os.unlink
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlinked.append((os.fspath(path), threading.current_thread().name))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", spy)
+    freed = held_whole(second.task_region(0), intermediate)
+    run_batch(Batch(second, range(1)))
+    assert freed and stored(intermediate) == everything - freed
+    DELETIONS.unlinked()
+    assert aside_files(folder) == []
+    gone = [(path, name) for path, name in unlinked if path.endswith(".freed")]
+    assert len(gone) == len(freed) and {name for _, name in gone} == {"rechunk-unlink"}
+    target = rechunked.execute()
+    npt.assert_array_equal(target[...], source[...])
+    assert is_complete(tmp_path / "t.zarr") and not (tmp_path / "tmp.zarr").exists()
+
+
+def test_chunks_set_aside_by_a_process_that_died_go_with_the_intermediate(
+    tmp_path: Path, frozen_source: Source
+) -> None:
+    """A worker killed between renaming a freed chunk aside and unlinking it leaves
+    the file in the intermediate: the resumed run's last step deletes it."""
+    source = frozen_source(tmp_path / "s.zarr", SHAPE, SOURCE_CHUNKS, dtype="i4")
+    rechunked = plan(tmp_path, source, ALIGNED)
+    first, second = rechunked.spec[0].stages
+    run_batch(Batch(first, range(first.num_tasks)))
+    run_batch(Batch(second, range(2)))
+    folder = first.target.location.local_path
+    assert folder is not None
+    chunk = next(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    left = chunk.with_name(f".{chunk.name}.0123456789ab.freed")
+    left.write_bytes(b"set aside, never unlinked")
+    target = plan(tmp_path, source, ALIGNED, resume=True).execute()
+    npt.assert_array_equal(target[...], source[...])
+    assert is_complete(tmp_path / "t.zarr") and not (tmp_path / "tmp.zarr").exists()
+
+
+def test_a_process_that_exits_unlinks_what_it_set_aside_first(tmp_path: Path) -> None:
+    """A part of an array job exits right after its last task: the chunks it freed
+    must not keep their disk space until the last step."""
+    folder = tmp_path / "tmp.zarr" / "c"
+    folder.mkdir(parents=True)
+    keys = [f"c/{i}" for i in range(3000)]
+    for key in keys:
+        (tmp_path / "tmp.zarr" / key).write_bytes(b"x" * 4096)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from rechunker_core.chunkio import _LocalChunks\n"
+        "root = Path(sys.argv[1])\n"
+        "_LocalChunks(root, None).delete_many(f'c/{i}' for i in range(3000))\n"
+        "assert all(p.name.startswith('.') for p in (root / 'c').iterdir())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "tmp.zarr")], check=True)
+    assert list(folder.iterdir()) == []
+
+
+def unlink_all(paths: list[str], started: threading.Event) -> None:
+    started.set()
+    for path in reversed(paths):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def test_deleting_an_intermediate_tolerates_files_vanishing_meanwhile(tmp_path: Path) -> None:
+    """The last step deletes an intermediate whole while worker processes may still
+    unlink chunks they set aside in it: a file gone under the deletion is no error."""
+    from rechunker_core.locations import resolve_location
+
+    for attempt in range(20):
+        folder = tmp_path / f"tmp{attempt}.zarr"
+        files = []
+        for i in range(40):
+            (folder / "c" / str(i)).mkdir(parents=True)
+            for j in range(40):
+                path = folder / "c" / str(i) / f".{j}.0123456789ab.freed"
+                path.write_bytes(b"x")
+                files.append(str(path))
+        started = threading.Event()
+        unlinker = threading.Thread(target=unlink_all, args=(files, started))
+        unlinker.start()
+        started.wait(10)
+        resolve_location(str(folder)).delete()
+        unlinker.join()
+        assert not folder.exists()
 
 
 def test_a_deferred_deletion_that_fails_is_raised_by_the_next_flush() -> None:

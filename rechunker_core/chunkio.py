@@ -720,14 +720,15 @@ class _LocalChunks:
         """Rename chunk ``key`` to a hidden name of its own; return that path, or
         None if the chunk is absent."""
         path = self._path(key)
-        if os.path.isdir(path):  # as unlink() would: a chunk is a file
-            raise IsADirectoryError(errno.EISDIR, "a folder where a chunk file belongs", path)
         folder, name = os.path.split(path)
         aside = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.freed")
         try:
-            os.rename(path, aside)
+            os.rename(path, aside)  # one system call for an absent chunk, as unlink
         except FileNotFoundError:
             return None
+        if os.path.isdir(aside):  # refused, as unlink() would: a chunk is a file
+            os.rename(aside, path)
+            raise IsADirectoryError(errno.EISDIR, "a folder where a chunk file belongs", path)
         return aside
 
     def any_exists(self, keys: Iterable[str]) -> bool:

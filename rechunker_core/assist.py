@@ -125,7 +125,7 @@ class Assist:
         with self._cond:
             self._tasks += 1
             try:
-                while self._helping and self._helping > self._workers - self._tasks:
+                while self._crowded():
                     self._cond.wait()
             except BaseException:  # interrupted while waiting: the task never ran
                 self._tasks -= 1
@@ -168,7 +168,15 @@ class Assist:
 
     def _room(self) -> bool:
         """Whether an idle worker is free to help (with the lock held)."""
-        return self._helping < self._workers - self._tasks
+        return self._helping < self._idle()
+
+    def _crowded(self) -> bool:
+        """Whether more helpers work than workers are idle (with the lock held):
+        one of them stands in for a worker that has started a task again."""
+        return self._helping > self._idle()
+
+    def _idle(self) -> int:
+        return max(0, self._workers - self._tasks)
 
     def _work_on(self, job: _Job[Item], helper: bool) -> None:
         """Claim and handle items of ``job`` until none is left; a helper stops
@@ -177,7 +185,7 @@ class Assist:
             with job.worker() as handle:
                 while True:
                     with self._cond:
-                        if helper and self._helping > self._workers - self._tasks:
+                        if helper and self._crowded():
                             return
                         index = job.claim()
                         if index is None:

@@ -381,14 +381,14 @@ class _Deletions:
     that frees a few hundred MB would sit off its CPU for that long.
 
     Within :meth:`deferred` (the in-process executors wrap their runs in
-    it), :meth:`run` queues a deletion for one deleting thread and returns.
+    it), :meth:`queued` queues a deletion for one deleting thread.
     The block ends only when every queued deletion is done, and
     :func:`rechunker_core.copy.finish` waits for them (:meth:`flush`) before
     it deletes the intermediates: a run never ends with one pending, so
     nothing one run queued can reach the files of a later run at the same
     paths. The first deletion that fails is raised by the next
     :meth:`flush`. Outside the block (the worker processes of other
-    engines, whose runs end elsewhere), :meth:`run` deletes at once.
+    engines, whose runs end elsewhere), nothing is queued.
 
     There, chunk files are renamed at once instead, each to a hidden name
     of its own in its folder, and unlinked by a thread of the process
@@ -454,11 +454,6 @@ class _Deletions:
     def pending(self) -> queue.Queue[Callable[[], object] | None] | None:
         """The queue of the deleting thread while a run defers deletions, else None."""
         return self._queue
-
-    def run(self, deletion: Callable[[], object]) -> None:
-        """Queue ``deletion`` within :meth:`deferred`; run it now outside."""
-        if not self.queued(deletion):
-            deletion()
 
     def queued(self, deletion: Callable[[], object]) -> bool:
         """Queue ``deletion`` within :meth:`deferred` and return True; else False."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -106,7 +107,9 @@ class BeamExecutor:
         ``"in_memory"``, the default, or ``"multi_threading"``), every task and
         the last step run here, as in :func:`rechunker_core.copy.run_local`:
         freed memory is then reused and freed chunks are deleted off the task
-        threads (:func:`rechunker_core.copy.running_here`).
+        threads (:func:`rechunker_core.copy.running_here`), and a stage's
+        bundles end without waiting for Beam's state sampler
+        (:data:`SAMPLING_PERIOD_MS`).
 
         Raises
         ------
@@ -127,6 +130,7 @@ class BeamExecutor:
             with (
                 plan.feed.listening(progress),
                 running_here(here) if here else contextlib.nullcontext(),
+                _prompt_bundle_ends() if here else contextlib.nullcontext(),
             ):
                 state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
@@ -144,6 +148,49 @@ def _temp_folder_of(pipeline: Any) -> Iterator[None]:
         if isinstance(folder, str) and os.path.basename(folder).startswith("beam-pipeline-temp"):
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+#: How often, in milliseconds, the state sampler of a bundle run in this process
+#: wakes while our pipeline runs (Beam's default, 200, then applies again). A
+#: bundle ends only once its sampler's thread wakes and sees it is done; its
+#: period grows to 200 ms in a bundle's first second, so each stage of W1 and
+#: the last step started 0.08-0.23 s late with Beam's default, 0.03-0.05 s with
+#: this (docs/performance.md). A wake costs a lock and a clock reading.
+SAMPLING_PERIOD_MS = 10
+
+
+class _Sampling:
+    """Our pipelines running now with the short period, and Beam's default period
+    to restore when the last ends (``None``: it was left alone)."""
+
+    lock = threading.Lock()
+    runs = 0
+    beams_default: tuple[int] | None = None
+
+
+@contextlib.contextmanager
+def _prompt_bundle_ends() -> Iterator[None]:
+    """While the block runs, bundles that start in this process sample their
+    state every :data:`SAMPLING_PERIOD_MS`, so they end within that of their
+    last element. Beam has no option for it: this lowers the default period of
+    ``StateSampler``, which the SDK worker creates with it. A default other than
+    the one int of the Beam releases measured is left alone."""
+    from apache_beam.runners.worker import statesampler
+
+    init: Any = statesampler.StateSampler.__init__
+    with _Sampling.lock:
+        if _Sampling.runs == 0:
+            found = init.__defaults__
+            if isinstance(found, tuple) and len(found) == 1 and type(found[0]) is int:
+                _Sampling.beams_default, init.__defaults__ = found, (SAMPLING_PERIOD_MS,)
+        _Sampling.runs += 1
+    try:
+        yield
+    finally:
+        with _Sampling.lock:
+            _Sampling.runs -= 1
+            if _Sampling.runs == 0 and _Sampling.beams_default is not None:
+                init.__defaults__, _Sampling.beams_default = _Sampling.beams_default, None
 
 
 def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:

@@ -165,3 +165,74 @@ def test_helpers_stand_in_for_the_workers_beam_runs_here(
 
     pipeline = unrun_pipeline(**options)
     assert _workers_in_this_process(pipeline) == workers
+
+
+class SamplingPeriods:
+    """A progress listener noting the state-sampling period of the bundle each
+    report comes from (reports made here come from the task's own thread)."""
+
+    def __init__(self) -> None:
+        self.periods: list[int] = []
+
+    def start(self, rounds: Any) -> None:
+        pass
+
+    def advance(self, round_number: int, tasks: int, nbytes: int) -> None:
+        from apache_beam.runners.worker import statesampler
+
+        self.periods.append(statesampler.get_current_tracker().sampling_period_ms)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("options", [THREADS, {"direct_running_mode": "in_memory"}])
+def test_bundles_run_here_end_promptly_and_beams_default_comes_back(
+    tmp_path: Path, make_array: ArrayFactory, options: dict[str, Any]
+) -> None:
+    """A bundle ends once its state sampler's thread wakes: with Beam's default
+    of 200 ms each stage started up to 0.2 s late (SAMPLING_PERIOD_MS)."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from rechunker_core.executors.beam import SAMPLING_PERIOD_MS
+
+    source = make_array(tmp_path / "s.zarr", (64, 64), (64, 1), dtype="f8", fill_value=-1)
+    rechunked = rechunk(source, (1, 64), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    heard = SamplingPeriods()
+    target = rechunked.execute(options=options, progress=heard)
+    assert_same_array(target, source)  # type: ignore[arg-type]
+    assert len(heard.periods) >= 2 and set(heard.periods) == {SAMPLING_PERIOD_MS}
+    after = statesampler.StateSampler("after", CounterFactory())
+    assert after.sampling_period_ms == statesampler.DEFAULT_SAMPLING_PERIOD_MS
+
+
+def test_the_sampling_period_is_beams_again_once_the_last_of_our_runs_ends() -> None:
+    from apache_beam.runners.worker import statesampler
+
+    from rechunker_core.executors.beam import SAMPLING_PERIOD_MS, _prompt_bundle_ends
+
+    def period() -> int:
+        init: Any = statesampler.StateSampler.__init__
+        return int(init.__defaults__[0])
+
+    first, second = _prompt_bundle_ends(), _prompt_bundle_ends()
+    first.__enter__()
+    second.__enter__()
+    assert period() == SAMPLING_PERIOD_MS
+    first.__exit__(None, None, None)
+    assert period() == SAMPLING_PERIOD_MS
+    second.__exit__(None, None, None)
+    assert period() == statesampler.DEFAULT_SAMPLING_PERIOD_MS
+
+
+def test_an_unknown_sampling_default_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apache_beam.runners.worker import statesampler
+
+    from rechunker_core.executors.beam import _prompt_bundle_ends
+
+    init: Any = statesampler.StateSampler.__init__
+    monkeypatch.setattr(init, "__defaults__", (200, "another release's argument"))
+    with _prompt_bundle_ends():
+        assert init.__defaults__ == (200, "another release's argument")
+    assert init.__defaults__ == (200, "another release's argument")

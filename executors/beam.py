@@ -57,7 +57,10 @@ class BeamExecutor:
         options, so the DirectRunner runs the pipeline.
     runner : str or apache_beam.runners.PipelineRunner, optional
         ``"DirectRunner"``, ``"DataflowRunner"``, ``"FlinkRunner"``, ... ;
-        by default the ``runner`` option decides.
+        by default the ``runner`` option decides. The DirectRunner runs the
+        plan on Beam's ``FnApiRunner``, in the mode ``direct_running_mode``
+        names, never trying Prism first as Beam's DirectRunner does (it fetches
+        Prism from GitHub); ``"PrismRunner"`` asks for Prism.
 
     Notes
     -----
@@ -119,9 +122,10 @@ class BeamExecutor:
         beam = import_engine("apache_beam", "beam")
         from apache_beam.runners.runner import PipelineState
 
+        chosen = _pipeline_options(options if options is not None else self.options)
         pipeline = beam.Pipeline(
-            runner=runner if runner is not None else self.runner,
-            options=_pipeline_options(options if options is not None else self.options),
+            runner=_runner(runner if runner is not None else self.runner, chosen),
+            options=chosen,
         )
         with _temp_folder_of(pipeline):
             # A fresh copy: Beam ties a transform to the first pipeline it is applied to.
@@ -202,17 +206,51 @@ def _pipeline_options(options: Any | Mapping[str, Any] | None) -> Any:
     return PipelineOptions(flags=[], **dict(options or {}))
 
 
+def _runner(runner: Any | None, options: Any) -> Any:
+    """The runner for our pipeline: ``runner``, else the one ``options`` name, else
+    the DirectRunner; for the DirectRunner, the ``FnApiRunner`` it falls back on.
+
+    Beam's DirectRunner first hands a batch pipeline to Prism, and fetches
+    Prism's binary from GitHub into ``~/.apache_beam`` when it is not there: a
+    request without a timeout before each run, which waits for ever where a
+    firewall drops packets (here, with no route, it fails in 0.06-0.07 s and
+    the DirectRunner falls back on the FnApiRunner). Prism ignores
+    ``direct_running_mode`` and ``direct_num_workers``, and no test here can
+    run it: it stays one ``runner="PrismRunner"`` away.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.runners.runner import create_runner
+
+    if runner is None:
+        runner = options.view_as(StandardOptions).runner or StandardOptions.DEFAULT_RUNNER
+    if isinstance(runner, str):
+        runner = create_runner(runner)
+    if type(runner) is not SwitchingDirectRunner:
+        return runner
+    # As the DirectRunner makes it: the workers get the pipeline's options.
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
 def _workers_in_this_process(pipeline: Any) -> int:
     """How many workers run ``pipeline`` as threads of this process: those of the
-    DirectRunner in ``multi_threading`` mode, one in ``in_memory`` mode (its
-    default), else 0 (other processes, or another runner)."""
+    DirectRunner (or the FnApiRunner it uses, :func:`_runner`) in
+    ``multi_threading`` mode, one in ``in_memory`` mode (its default), else 0
+    (other processes, or another runner)."""
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.runners.direct.direct_runner import (
         BundleBasedDirectRunner,
         SwitchingDirectRunner,
     )
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
-    if not isinstance(pipeline.runner, (SwitchingDirectRunner, BundleBasedDirectRunner)):
+    local = (SwitchingDirectRunner, BundleBasedDirectRunner, FnApiRunner)
+    if not isinstance(pipeline.runner, local):
         return 0
     direct = pipeline.options.view_as(DirectOptions)
     if direct.direct_running_mode == "in_memory":

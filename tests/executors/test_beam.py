@@ -236,3 +236,47 @@ def test_an_unknown_sampling_default_is_left_alone(monkeypatch: pytest.MonkeyPat
     with _prompt_bundle_ends():
         assert init.__defaults__ == (200, "another release's argument")
     assert init.__defaults__ == (200, "another release's argument")
+
+
+@pytest.mark.parametrize(
+    ("options", "runner"),
+    [({}, None), (THREADS, "DirectRunner"), ({"runner": "DirectRunner"}, None)],
+)
+def test_the_direct_runner_runs_the_plan_without_trying_prism_first(
+    tmp_path: Path,
+    make_array: ArrayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    runner: str | None,
+) -> None:
+    """Beam's DirectRunner hands a pipeline to Prism first, fetching its binary
+    from GitHub; ours runs the FnApiRunner it falls back on, as tested here."""
+    from apache_beam.runners.portability import prism_runner
+
+    tried: list[Any] = []
+
+    def prism(self: Any, pipeline: Any, options: Any) -> Any:
+        tried.append(pipeline)
+        raise RuntimeError("Prism is not tested here")  # the DirectRunner falls back
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", prism)
+    source = make_array(tmp_path / "s.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    rechunked = rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    target = rechunked.execute(options=options, runner=runner)
+    assert_same_array(target, source)  # type: ignore[arg-type]
+    assert tried == []
+
+
+def test_runners_other_than_the_direct_runner_are_left_as_given() -> None:
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+    from apache_beam.runners.portability.prism_runner import PrismRunner
+
+    from rechunker_core.executors.beam import _pipeline_options, _runner
+
+    given = BundleBasedDirectRunner()
+    assert _runner(given, _pipeline_options(None)) is given
+    assert isinstance(_runner("PrismRunner", _pipeline_options(None)), PrismRunner)
+    assert isinstance(_runner(None, _pipeline_options({"runner": "FnApiRunner"})), FnApiRunner)
+    direct = _runner(None, _pipeline_options(THREADS))
+    assert type(direct) is FnApiRunner

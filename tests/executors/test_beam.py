@@ -148,6 +148,34 @@ def test_a_worker_drops_its_buffers_when_its_bundle_ends(
     assert_same_array(target, source)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("given", ["options", "dict"])
+def test_our_pipeline_skips_beams_type_checks_and_leaves_the_callers_options_alone(
+    tmp_path: Path, make_array: ArrayFactory, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """Beam's type checks read the options anew for every comparison of two
+    types: 0.025 s of building W1's plan. Ours holds only our transforms."""
+    from apache_beam.options.pipeline_options import TypeOptions
+
+    checking: list[bool] = []
+    run = beam.Pipeline.run
+
+    def noting(pipeline: Any, *args: Any, **kwargs: Any) -> Any:
+        checking.append(pipeline.options.view_as(TypeOptions).pipeline_type_check)
+        return run(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", noting)
+    options = PipelineOptions(flags=[], **THREADS) if given == "options" else dict(THREADS)
+    source = make_array(tmp_path / "s.zarr", (41, 37), (41, 1), dtype="i4", fill_value=-1)
+    rechunked = rechunk(source, (10, 37), "1MB", str(tmp_path / "t.zarr"), executor="beam")
+    target = rechunked.execute(options=options)
+    assert_same_array(target, source)  # type: ignore[arg-type]
+    assert checking == [False]
+    if isinstance(options, PipelineOptions):
+        assert options.view_as(TypeOptions).pipeline_type_check is True
+    else:
+        assert options == THREADS
+
+
 @pytest.mark.parametrize(
     ("options", "workers"),
     [

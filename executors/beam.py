@@ -3,19 +3,24 @@
 Stage ``k`` of every array (a *round*, see
 :func:`rechunker_core.copy.rounds`) becomes::
 
-    seed -FlatMap(batches, side input: copies of round k-1)-> GroupByKey -ParDo(copy)->
+    seed -FlatMap(batches)-> GroupByKey -ParDo(copy, side input: copies of round k-1)->
         copies of round k (one count per batch)
 
 A side input is complete only when everything upstream of it has finished, on
-every runner, so no task of round ``k`` starts before every task of round
+every runner, and a ``ParDo`` processes nothing before its side inputs are
+complete, so no task of round ``k`` starts before every task of round
 ``k - 1`` is done: the copies of the previous round, passed as an iterable
 that is never read, are the barrier. (A ``CombineGlobally`` there added about
 ten transforms per round, which the DirectRunner took 0.15-0.2 s to build and
-run.) Each batch, generated on one worker, has a key of its own, so grouping
-spreads the batches over all workers; a ``Reshuffle`` did the same in five
-transforms instead of one, and the DirectRunner started the first batch 0.1
-s later (docs/performance.md). The seed is an ``Impulse``. After the last
-round one element runs :func:`rechunker_core.copy.finish`.
+run.) The barrier sits on the copies, not on the batches, so every round's
+batches are made and grouped in the first bundle, with the seed: on the
+DirectRunner a batch ``FlatMap`` behind a barrier was a bundle of its own
+between the stages, 0.02-0.03 s with both workers idle. Each batch has a key
+of its own, so grouping spreads the batches over all workers; a
+``Reshuffle`` did the same in five transforms instead of one, and the
+DirectRunner started the first batch 0.1 s later (docs/performance.md). The
+seed is an ``Impulse``. After the last round one element runs
+:func:`rechunker_core.copy.finish`.
 """
 
 from __future__ import annotations
@@ -300,11 +305,12 @@ def _rechunk_class() -> type:
             barrier: list[Any] = []
             for round_ in rounds(self.specs):
                 k = round_.number
+                copy = _copy_class()(round_, self.feed)
                 done = (
                     seed
-                    | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_, *barrier)
+                    | f"Stage {k}: tasks" >> beam.FlatMap(_batches, round_)
                     | f"Stage {k}: spread" >> beam.GroupByKey()
-                    | f"Stage {k}: copy" >> beam.ParDo(_copy_class()(round_, self.feed))
+                    | f"Stage {k}: copy" >> beam.ParDo(copy, *barrier)
                 )
                 barrier = [AsIter(done)]
             return seed | "Finish" >> beam.Map(_finish, self.specs, *barrier)
@@ -329,7 +335,9 @@ def _copy_class() -> type:
             self.round = round_
             self.feed = feed
 
-        def process(self, element: tuple[int, Iterable[tuple[int, int, int]]]) -> Iterator[int]:
+        def process(
+            self, element: tuple[int, Iterable[tuple[int, int, int]]], barrier: Any = None
+        ) -> Iterator[int]:
             for batch in element[1]:
                 yield _copy_batch(batch, self.round, self.feed)
 
@@ -354,9 +362,7 @@ def __getattr__(name: str) -> Any:
 # as a side input: waited for, never read.
 
 
-def _batches(
-    seed: bytes, round_: Round, barrier: Any = None
-) -> Iterator[tuple[int, tuple[int, int, int]]]:
+def _batches(seed: bytes, round_: Round) -> Iterator[tuple[int, tuple[int, int, int]]]:
     # Small elements (stage index, first task, stop), each under a key of its own so
     # grouping spreads them: the round travels once, with the DoFn.
     for key, batch in enumerate(round_.batches()):

@@ -81,9 +81,9 @@ def test_each_stage_waits_for_the_previous_barrier(
         "Rechunk/Stage 0: tasks": [],
         "Rechunk/Stage 0: spread": [],
         "Rechunk/Stage 0: copy": [],
-        "Rechunk/Stage 1: tasks": ["Rechunk/Stage 0: copy"],
+        "Rechunk/Stage 1: tasks": [],
         "Rechunk/Stage 1: spread": [],
-        "Rechunk/Stage 1: copy": [],
+        "Rechunk/Stage 1: copy": ["Rechunk/Stage 0: copy"],
         "Rechunk/Finish": ["Rechunk/Stage 1: copy"],
     }
 

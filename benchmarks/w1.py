@@ -272,8 +272,10 @@ def beam_case(ctx: Context) -> Iterator[RunFn]:
         direct_running_mode="multi_threading",
     )
     executor = need("rechunker_core.executors.beam").BeamExecutor(options=options)
-    # An untimed pipeline first: it imports and starts the runner's machinery.
-    with beam.Pipeline(options=options) as pipeline:
+    # An untimed pipeline first: it imports and starts the runner's machinery. On the
+    # FnApiRunner, as the executor runs it: Beam's DirectRunner would try Prism first,
+    # leaving a beam-temp folder behind when it cannot fetch it.
+    with beam.Pipeline(runner="FnApiRunner", options=options) as pipeline:
         pipeline | beam.Create([1]) | beam.Map(int)
     yield lambda: rechunk_into(ctx, executor)
 

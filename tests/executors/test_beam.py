@@ -7,6 +7,7 @@ multi_processing modes; these tests cover what is particular to Beam.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 THREADS = {"direct_running_mode": "multi_threading", "direct_num_workers": 2}
 
 
+@pytest.fixture
+def prism_leftovers() -> Iterator[None]:
+    """Delete the folders a DirectRunner pipeline of the test's own leaves in the
+    temp folder: Beam's DirectRunner tries Prism first, and its job server makes
+    a ``beam-temp*`` folder it never deletes when it cannot fetch Prism."""
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("beam-temp*"))
+    yield
+    for folder in set(temp.glob("beam-temp*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("prism_leftovers")
 def test_plan_in_a_users_pipeline(recorded: Recorded) -> None:
     plan = BeamExecutor().prepare_plan([recorded.spec])
     assert isinstance(plan, beam.PTransform)

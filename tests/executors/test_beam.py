@@ -28,15 +28,13 @@ THREADS = {"direct_running_mode": "multi_threading", "direct_num_workers": 2}
 
 
 @pytest.fixture
-def prism_leftovers() -> Iterator[None]:
-    """Delete the folders a DirectRunner pipeline of the test's own leaves in the
-    temp folder: Beam's DirectRunner tries Prism first, and its job server makes
-    a ``beam-temp*`` folder it never deletes when it cannot fetch Prism."""
-    temp = Path(tempfile.gettempdir())
-    before = set(temp.glob("beam-temp*"))
-    yield
-    for folder in set(temp.glob("beam-temp*")) - before:
-        shutil.rmtree(folder, ignore_errors=True)
+def prism_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temp folders go under the test's own: on the DirectRunner, Beam tries
+    Prism first, and when it cannot fetch Prism it leaves the folders it made
+    for it (``beam-temp*``, and two ``tmp*`` of its environments)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
 
 
 @pytest.mark.usefixtures("prism_leftovers")
